@@ -1,2 +1,4 @@
-#include <iostream>
-int main() { std::cout << "qtrain\n"; }
+// The qtrain executable: everything lives in the verbs (trainer/cli.h).
+#include "trainer/cli.h"
+
+int main(int argc, char** argv) { return qtrain::cli::run(std::vector<std::string>(argv + 1, argv + argc)); }

@@ -1,0 +1,18 @@
+// The qtrain command line: one verb per job (design.md §12). Each verb parses its own options with
+// Boost.Program_options and returns the process exit code; errors are thrown as qtrain::Error
+// (UsageError → 2, InputError → 3) and turned into a message + exit code by run().
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace qtrain::cli {
+
+// args = argv[1..]. Never throws: prints the error to stderr and returns the exit code.
+int run(const std::vector<std::string>& args);
+
+int run_inspect(const std::vector<std::string>& args);
+int run_forward(const std::vector<std::string>& args);
+int run_tokenize(const std::vector<std::string>& args);
+
+}  // namespace qtrain::cli

@@ -1,0 +1,30 @@
+// Shared option handling for the verbs: parse with Boost.Program_options, print --help, and turn
+// dtype / device strings into typed values at the boundary.
+#pragma once
+
+#include <boost/program_options.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+namespace qtrain::cli {
+
+namespace po = boost::program_options;
+
+struct VerbSpec {
+  std::string usage;          // "qtrain forward MODEL_DIR --ids 1,2,3 --out FILE"
+  po::options_description options{"options"};
+  po::positional_options_description positional;
+  po::options_description hidden{"hidden"};  // positional targets
+};
+
+// Returns nullopt when --help was printed (the verb then returns 0). Unknown options throw
+// po::error, which run() reports as a usage error (exit 2).
+std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args, VerbSpec& spec);
+
+at::ScalarType parse_dtype_option(const std::string& s, const std::string& option);  // float32|bfloat16|float16
+at::Device parse_device_option(const std::string& s, const std::string& option);     // cpu|cuda|cuda:N
+
+}  // namespace qtrain::cli

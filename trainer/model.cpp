@@ -1,0 +1,164 @@
+#include "trainer/model.h"
+
+#include <string>
+
+#include "data/error.h"
+#include "data/safetensors.h"
+#include "trainer/rope.h"
+
+namespace qtrain {
+namespace fs = std::filesystem;
+
+at::Tensor Linear::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+
+namespace {
+
+// Loads named tensors from a checkpoint, checking shapes against the config.
+class WeightLoader {
+ public:
+  WeightLoader(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
+
+  at::Tensor get(const std::string& name, std::vector<int64_t> shape) const {
+    if (!ckpt_.contains(name))
+      throw InputError(ckpt_.dir().string() + ": checkpoint is missing tensor '" + name + "' (expected shape " +
+                       shape_str(shape) + ")");
+    const auto& info = ckpt_.info(name);
+    if (info.shape != shape)
+      throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
+                       " but config.json implies " + shape_str(shape));
+    // Same dtype on CPU: `to` returns the mmapped view itself, so no copy is made.
+    return ckpt_.tensor(name).to(opts_.device, opts_.dtype);
+  }
+  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const {
+    Linear l;
+    l.weight = get(prefix + ".weight", {out, in});
+    if (bias) l.bias = get(prefix + ".bias", {out});
+    return l;
+  }
+
+ private:
+  static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+    return out + "]";
+  }
+  const safetensors::Checkpoint& ckpt_;
+  const LoadOptions& opts_;
+};
+
+}  // namespace
+
+LlamaModel LlamaModel::load(const fs::path& dir, const LoadOptions& opts) {
+  if (opts.dtype != at::kFloat && opts.dtype != at::kBFloat16 && opts.dtype != at::kHalf)
+    throw UsageError(std::string("model dtype must be float32, bfloat16 or float16, not ") + c10::toString(opts.dtype));
+  LlamaModel m;
+  m.config_ = parse_model_config(dir / "config.json");
+  m.dtype_ = opts.dtype;
+  const ModelConfig& c = m.config_;
+  const auto ckpt = safetensors::Checkpoint::open(dir);
+  WeightLoader w(ckpt, opts);
+
+  m.embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i);
+    DecoderLayer l;
+    l.input_norm = w.get(p + ".input_layernorm.weight", {c.hidden_size});
+    l.post_attention_norm = w.get(p + ".post_attention_layernorm.weight", {c.hidden_size});
+    const bool qkv_bias = c.attention_bias || c.qkv_bias;
+    l.q = w.linear(p + ".self_attn.q_proj", c.q_dim(), c.hidden_size, qkv_bias);
+    l.k = w.linear(p + ".self_attn.k_proj", c.kv_dim(), c.hidden_size, qkv_bias);
+    l.v = w.linear(p + ".self_attn.v_proj", c.kv_dim(), c.hidden_size, qkv_bias);
+    l.o = w.linear(p + ".self_attn.o_proj", c.hidden_size, c.q_dim(), c.attention_bias);
+    if (c.qk_norm) {
+      l.q_norm = w.get(p + ".self_attn.q_norm.weight", {c.head_dim});
+      l.k_norm = w.get(p + ".self_attn.k_norm.weight", {c.head_dim});
+    }
+    l.gate = w.linear(p + ".mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
+    l.up = w.linear(p + ".mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
+    l.down = w.linear(p + ".mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    m.layers_.push_back(std::move(l));
+  }
+  m.final_norm_ = w.get("model.norm.weight", {c.hidden_size});
+  if (c.tie_word_embeddings) {
+    m.lm_head_ = m.embed_;
+  } else {
+    m.lm_head_ = w.get("lm_head.weight", {c.vocab_size, c.hidden_size});
+  }
+  m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim).to(opts.device);
+  return m;
+}
+
+at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
+  // transformers' LlamaRMSNorm: normalise in float32, cast back, then scale in the weight dtype.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + config_.rms_norm_eps);
+  return weight * xf.to(x.scalar_type());
+}
+
+at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
+                                 const RopeTables& rope) const {
+  const ModelConfig& c = config_;
+  const int64_t b = x.size(0), t = x.size(1);
+  // [batch, seq, heads*hd] → [batch, heads, seq, hd]
+  at::Tensor q = l.q.forward(x).view({b, t, c.num_attention_heads, c.head_dim});
+  at::Tensor k = l.k.forward(x).view({b, t, c.num_key_value_heads, c.head_dim});
+  at::Tensor v = l.v.forward(x).view({b, t, c.num_key_value_heads, c.head_dim}).transpose(1, 2);
+  if (c.qk_norm) {
+    q = rms_norm(q, l.q_norm);
+    k = rms_norm(k, l.k_norm);
+  }
+  q = apply_rope(q.transpose(1, 2), rope);
+  k = apply_rope(k.transpose(1, 2), rope);
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
+                                                    /*scale=*/std::nullopt, /*enable_gqa=*/true);
+  // [batch, heads, seq, hd] → [batch, seq, heads*hd]
+  out = out.transpose(1, 2).reshape({b, t, c.q_dim()});
+  return l.o.forward(out);
+}
+
+at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attention_mask, const at::Tensor& positions) const {
+  TORCH_CHECK(ids.dim() == 2, "forward: ids must be [batch, seq], got ", ids.sizes());
+  TORCH_CHECK(ids.scalar_type() == at::kLong, "forward: ids must be int64, got ", ids.scalar_type());
+  const int64_t b = ids.size(0), t = ids.size(1);
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size)
+      throw UsageError("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
+                       std::to_string(config_.vocab_size) + ")");
+  }
+  at::Tensor ids_d = ids.to(device());
+  at::Tensor pos = positions.defined() ? positions.to(device(), at::kLong)
+                                       : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
+  const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
+  const at::Tensor mask = build_attention_mask(attention_mask, b, t, config_.sliding_window, device());
+
+  at::Tensor h = at::embedding(embed_, ids_d);  // [batch, seq, hidden]
+  for (const auto& l : layers_) {
+    h = h + attention(l, rms_norm(h, l.input_norm), mask, rope);
+    at::Tensor x = rms_norm(h, l.post_attention_norm);
+    h = h + l.down.forward(at::silu(l.gate.forward(x)) * l.up.forward(x));
+  }
+  h = rms_norm(h, final_norm_);
+  return at::linear(h, lm_head_);  // [batch, seq, vocab]
+}
+
+at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
+                                std::optional<int64_t> sliding_window, at::Device device) {
+  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor qi = at::arange(seq, opts).view({seq, 1});
+  at::Tensor kj = at::arange(seq, opts).view({1, seq});
+  at::Tensor allowed = kj <= qi;  // [seq, seq] causal
+  if (sliding_window) allowed = allowed.logical_and(kj > qi - *sliding_window);
+  allowed = allowed.view({1, 1, seq, seq}).expand({batch, 1, seq, seq});
+  if (!attention_mask.defined()) return allowed.contiguous();
+  TORCH_CHECK(attention_mask.sizes() == at::IntArrayRef({batch, seq}), "attention_mask must be [batch, seq] = [", batch,
+              ", ", seq, "], got ", attention_mask.sizes());
+  at::Tensor valid = attention_mask.to(device).to(at::kBool);  // [batch, seq]
+  allowed = allowed.logical_and(valid.view({batch, 1, 1, seq}));
+  at::Tensor diag = at::eye(seq, at::TensorOptions().dtype(at::kBool).device(device)).view({1, 1, seq, seq});
+  at::Tensor pad_query = valid.logical_not().view({batch, 1, seq, 1});
+  return allowed.logical_or(diag.logical_and(pad_query)).contiguous();
+}
+
+}  // namespace qtrain

@@ -1,0 +1,73 @@
+// The Llama-family decoder (Llama 1/2/3, Mistral, Qwen2, Qwen3) as plain libtorch ops:
+// embedding → N × [RMSNorm → attention (GQA, RoPE, SDPA) → residual → RMSNorm → SwiGLU → residual]
+// → RMSNorm → LM head. Numerics follow transformers op for op (RMSNorm in float32, cos/sin in float32
+// then cast) so logits match it to rounding in fp32 and closely in bf16.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+#include <ATen/ATen.h>
+
+#include "data/hf_config.h"
+
+namespace qtrain {
+
+// A frozen linear layer y = x·Wᵀ + b.
+struct Linear {
+  at::Tensor weight;  // [out, in]
+  at::Tensor bias;    // [out] or undefined
+  at::Tensor forward(const at::Tensor& x) const;
+};
+
+struct DecoderLayer {
+  at::Tensor input_norm;  // [hidden]
+  at::Tensor post_attention_norm;  // [hidden]
+  Linear q, k, v, o;  // q [heads*head_dim, hidden], k/v [kv_heads*head_dim, hidden], o [hidden, heads*head_dim]
+  Linear gate, up, down;  // gate/up [ffn, hidden], down [hidden, ffn]
+  at::Tensor q_norm, k_norm;  // [head_dim] (Qwen3 only)
+};
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // weights and compute
+  at::Device device = at::kCPU;
+};
+
+class LlamaModel {
+ public:
+  // Reads config.json and the safetensors checkpoint of `dir`, one tensor at a time, converting each
+  // straight to the requested dtype/device (same dtype on CPU stays a zero-copy view of the mmap).
+  static LlamaModel load(const std::filesystem::path& dir, const LoadOptions& opts);
+
+  const ModelConfig& config() const { return config_; }
+  at::ScalarType dtype() const { return dtype_; }
+  at::Device device() const { return embed_.device(); }
+
+  // ids [batch, seq] int64; attention_mask [batch, seq] (1 = token, 0 = padding) or undefined;
+  // positions [batch, seq] or undefined (then 0..seq-1 per row, as transformers does by default).
+  // Returns logits [batch, seq, vocab] in the compute dtype.
+  at::Tensor forward(const at::Tensor& ids, const at::Tensor& attention_mask = {},
+                     const at::Tensor& positions = {}) const;
+
+ private:
+  at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
+                       const struct RopeTables& rope) const;
+  at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
+
+  ModelConfig config_;
+  at::ScalarType dtype_ = at::kFloat;
+  at::Tensor embed_;    // [vocab, hidden]
+  std::vector<DecoderLayer> layers_;
+  at::Tensor final_norm_;  // [hidden]
+  at::Tensor lm_head_;     // [vocab, hidden]; the embedding itself when tied
+  at::Tensor inv_freq_;    // [head_dim/2] float32
+};
+
+// Boolean attention mask [batch, 1, seq, seq] (true = may attend): causal, keys that are padding
+// hidden, optional sliding window. Query rows that are padding attend to themselves only, so no row
+// is empty (an empty row is NaN in SDPA); their outputs are never used.
+at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
+                                std::optional<int64_t> sliding_window, at::Device device);
+
+}  // namespace qtrain

@@ -110,7 +110,10 @@ at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, con
   }
   q = apply_rope(q.transpose(1, 2), rope);
   k = apply_rope(k.transpose(1, 2), rope);
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0, /*is_causal=*/false,
+  // No explicit mask means plain causal attention: is_causal lets SDPA pick its fastest kernel
+  // (flash on CUDA) and is what transformers does for unpadded batches.
+  at::Tensor out = at::scaled_dot_product_attention(
+      q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, /*dropout_p=*/0.0, /*is_causal=*/!mask.defined(),
                                                     /*scale=*/std::nullopt, /*enable_gqa=*/true);
   // [batch, heads, seq, hd] → [batch, seq, heads*hd]
   out = out.transpose(1, 2).reshape({b, t, c.q_dim()});
@@ -145,6 +148,7 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
 
 at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
                                 std::optional<int64_t> sliding_window, at::Device device) {
+  if (!attention_mask.defined() && !sliding_window) return {};  // plain causal: SDPA's is_causal
   auto opts = at::TensorOptions().dtype(at::kLong).device(device);
   at::Tensor qi = at::arange(seq, opts).view({seq, 1});
   at::Tensor kj = at::arange(seq, opts).view({1, seq});

@@ -66,7 +66,8 @@ class LlamaModel {
 
 // Boolean attention mask [batch, 1, seq, seq] (true = may attend): causal, keys that are padding
 // hidden, optional sliding window. Query rows that are padding attend to themselves only, so no row
-// is empty (an empty row is NaN in SDPA); their outputs are never used.
+// is empty (an empty row is NaN in SDPA); their outputs are never used. Returns an undefined tensor
+// when plain causal attention suffices (no padding mask, no window).
 at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
                                 std::optional<int64_t> sliding_window, at::Device device);
 

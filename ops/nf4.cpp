@@ -1,0 +1,235 @@
+// NF4/FP4 tensor API: argument checks, device dispatch, the double-quant orchestration on the CPU, and the
+// pure-libtorch dequantize used as an independent comparison path.
+#include "ops/nf4.h"
+#include "ops/nf4_math.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+
+namespace qtrain::ops {
+
+namespace {
+
+const char* type_name(QuantType t) {
+  switch (t) {
+    case QuantType::kNF4: return "nf4";
+    case QuantType::kFP4: return "fp4";
+  }
+  TORCH_CHECK(false, "nf4: unknown QuantType value ", static_cast<int>(t), " (expected kNF4 or kFP4)");
+}
+
+bool is_float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf;
+}
+
+void check_params(const QuantParams& p) {
+  const int64_t bs = p.blocksize;
+  TORCH_CHECK(bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0,
+              "quantize_4bit: blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096 (bitsandbytes 0.50), "
+              "found ", bs);
+  (void)type_name(p.type);  // rejects an out-of-range enum value
+}
+
+void check_input(const at::Tensor& w, const QuantParams& p) {
+  TORCH_CHECK(w.defined(), "quantize_4bit: tensor w is undefined");
+  TORCH_CHECK(is_float_dtype(w.scalar_type()),
+              "quantize_4bit: tensor w must be float32, bfloat16 or float16, found ", w.scalar_type());
+  TORCH_CHECK(w.numel() > 0, "quantize_4bit: tensor w must have at least one element, found shape ", w.sizes());
+  check_params(p);
+}
+
+// bnb rejects nothing and quantizes NaN/inf into garbage; a non-finite weight is a corrupt checkpoint.
+void check_finite_absmax(const at::Tensor& absmax_f32) {
+  const at::Tensor bad = at::logical_not(at::isfinite(absmax_f32));
+  if (bad.any().item<bool>()) {
+    const int64_t block = bad.nonzero().min().item<int64_t>();
+    TORCH_CHECK(false, "quantize_4bit: tensor w must be finite, found NaN or inf in block ", block,
+                " (elements from ", block, " * blocksize)");
+  }
+}
+
+QuantState make_state(const at::Tensor& w, const QuantParams& p) {
+  QuantState s;
+  s.blocksize = p.blocksize;
+  s.type = p.type;
+  s.shape = w.sizes().vec();
+  s.dtype = w.scalar_type();
+  s.quant_map = code_table(p.type).to(w.device());
+  return s;
+}
+
+// Double quantization of the fp32 scales on the CPU (bnb: offset = absmax.mean(); quantize_blockwise(absmax -
+// offset, blocksize=256) with the signed dynamic map). at::mean on the CPU is exactly what bnb calls.
+void double_quantize_cpu(QuantState& s, const at::Tensor& absmax_f32) {
+  const at::Tensor dyn = signed_dynamic_map();
+  const std::vector<uint8_t> lut = nf4_cpu::build_nested_lut(dyn.data_ptr<float>());
+  const int64_t nb = absmax_f32.numel();
+  s.nested_offset = absmax_f32.mean().item<float>();
+  at::Tensor q = at::empty({nb}, at::kByte);
+  at::Tensor a2 = at::empty({(nb + 255) / 256}, at::kFloat);
+  nf4_cpu::quantize_nested_reference(absmax_f32.data_ptr<float>(), nb, s.nested_offset, lut.data(),
+                                     q.data_ptr<uint8_t>(), a2.data_ptr<float>());
+  s.absmax = q;
+  s.nested_absmax = a2;
+  s.nested_quant_map = dyn;
+}
+
+QuantState quantize_cpu(const at::Tensor& w, const QuantParams& p) {
+  const at::Tensor x = w.to(at::kFloat).contiguous().reshape({-1});  // bnb: A.reshape(-1).float()
+  const int64_t n = x.numel();
+  QuantState s = make_state(w, p);
+  s.packed = at::empty({(n + 1) / 2}, at::kByte);
+  at::Tensor absmax = at::empty({(n + p.blocksize - 1) / p.blocksize}, at::kFloat);
+  nf4_cpu::quantize_fast(x.data_ptr<float>(), n, p.blocksize, p.type, s.packed.data_ptr<uint8_t>(),
+                         absmax.data_ptr<float>());
+  check_finite_absmax(absmax);
+  if (p.double_quant) {
+    double_quantize_cpu(s, absmax);
+  } else {
+    s.absmax = absmax;
+  }
+  return s;
+}
+
+at::Tensor dequantize_cpu(const QuantState& s, at::ScalarType out_dtype) {
+  const at::Tensor absmax = dequantize_absmax(s).contiguous();
+  const at::Tensor packed = s.packed.contiguous();
+  at::Tensor out = at::empty(s.shape, at::TensorOptions().dtype(out_dtype));
+  const int64_t n = s.numel();
+  switch (out_dtype) {
+    case at::kFloat:
+      nf4_cpu::dequantize_fast(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, s.blocksize, s.type,
+                               out.data_ptr<float>());
+      break;
+    case at::kBFloat16:
+      nf4_cpu::dequantize_fast(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, s.blocksize, s.type,
+                               out.data_ptr<c10::BFloat16>());
+      break;
+    case at::kHalf:
+      nf4_cpu::dequantize_fast(packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(), n, s.blocksize, s.type,
+                               out.data_ptr<c10::Half>());
+      break;
+    default:
+      TORCH_CHECK(false, "dequantize_4bit: out_dtype must be float32, bfloat16 or float16, found ", out_dtype);
+  }
+  return out;
+}
+
+}  // namespace
+
+int64_t QuantState::numel() const {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+at::Tensor code_table(QuantType type) {
+  const nf4_math::CodeTables t;
+  (void)type_name(type);  // rejects an out-of-range enum value
+  const float* v = type == QuantType::kFP4 ? t.fp4 : t.nf4;
+  return at::tensor(at::ArrayRef<float>(v, 16), at::kFloat);
+}
+
+at::Tensor signed_dynamic_map() {
+  // formats.md §1.7, with the same torch ops (and so the same float32 roundings) as bnb's Python.
+  std::vector<at::Tensor> parts;
+  for (int i = 0; i < 7; ++i) {
+    const int64_t items = (int64_t{1} << i) + 1;
+    const at::Tensor b = at::linspace(0.1, 1.0, items, at::kFloat);
+    const at::Tensor means = (b.slice(0, 0, items - 1) + b.slice(0, 1, items)) / 2.0;
+    const double scale = std::pow(10.0, i - 6);  // Python's 10 ** (i - 6): a double, cast to float by the op
+    parts.push_back(means * scale);
+    parts.push_back(means * -scale);
+  }
+  parts.push_back(at::zeros({1}, at::kFloat));
+  parts.push_back(at::ones({1}, at::kFloat));
+  return std::get<0>(at::cat(parts).sort());
+}
+
+void check_quant_state(const QuantState& s) {
+  check_params(QuantParams{s.type, s.blocksize, s.double_quant()});
+  TORCH_CHECK(!s.shape.empty() || s.numel() == 1, "QuantState: shape must be set");
+  const int64_t n = s.numel();
+  TORCH_CHECK(n > 0, "QuantState: shape must have at least one element, found ", at::IntArrayRef(s.shape));
+  TORCH_CHECK(is_float_dtype(s.dtype), "QuantState: dtype must be float32, bfloat16 or float16, found ", s.dtype);
+  TORCH_CHECK(s.packed.defined() && s.packed.scalar_type() == at::kByte && s.packed.numel() == (n + 1) / 2,
+              "QuantState: packed must be uint8 with ceil(n/2) = ", (n + 1) / 2, " elements for shape ",
+              at::IntArrayRef(s.shape), ", found ",
+              s.packed.defined() ? toString(s.packed.scalar_type()) : "undefined", " with ",
+              s.packed.defined() ? s.packed.numel() : 0, " elements");
+  const int64_t nb = s.num_blocks();
+  TORCH_CHECK(s.absmax.defined() && s.absmax.numel() == nb, "QuantState: absmax must have ceil(n/blocksize) = ", nb,
+              " elements, found ", s.absmax.defined() ? s.absmax.numel() : 0);
+  TORCH_CHECK(s.absmax.device() == s.packed.device(), "QuantState: absmax is on ", s.absmax.device(),
+              " but packed is on ", s.packed.device());
+  if (s.double_quant()) {
+    TORCH_CHECK(s.absmax.scalar_type() == at::kByte,
+                "QuantState: absmax must be uint8 with double quantization, found ", s.absmax.scalar_type());
+    TORCH_CHECK(s.nested_blocksize == 256, "QuantState: nested_blocksize must be 256, found ", s.nested_blocksize);
+    const int64_t nb2 = (nb + 255) / 256;
+    TORCH_CHECK(s.nested_absmax.scalar_type() == at::kFloat && s.nested_absmax.numel() == nb2,
+                "QuantState: nested_absmax must be float32 with ceil(nblocks/256) = ", nb2, " elements, found ",
+                s.nested_absmax.scalar_type(), " with ", s.nested_absmax.numel());
+    TORCH_CHECK(s.nested_quant_map.defined() && s.nested_quant_map.scalar_type() == at::kFloat &&
+                    s.nested_quant_map.numel() == 256,
+                "QuantState: nested_quant_map must be float32 [256]");
+    TORCH_CHECK(s.nested_absmax.device() == s.packed.device() && s.nested_quant_map.device() == s.packed.device(),
+                "QuantState: nested_absmax / nested_quant_map must be on ", s.packed.device());
+  } else {
+    TORCH_CHECK(s.absmax.scalar_type() == at::kFloat,
+                "QuantState: absmax must be float32 without double quantization, found ", s.absmax.scalar_type());
+  }
+}
+
+at::Tensor dequantize_absmax(const QuantState& s) {
+  if (!s.double_quant()) return s.absmax;
+  // [nblocks] -> pad to a multiple of 256 so each nested scale broadcasts over its block of 256 codes.
+  const int64_t nb = s.absmax.numel();
+  const at::Tensor dyn = s.nested_quant_map.index({s.absmax.to(at::kLong)});  // [nb]
+  const at::Tensor a2 = s.nested_absmax.repeat_interleave(256).slice(0, 0, nb);  // [nb]
+  return dyn * a2 + s.nested_offset;  // two float32 roundings, as bnb
+}
+
+QuantState quantize_4bit(const at::Tensor& w, const QuantParams& params) {
+  check_input(w, params);
+  if (w.is_cpu()) return quantize_cpu(w, params);
+#if defined(QTRAIN_WITH_CUDA)
+  if (w.is_cuda()) return nf4_cuda::quantize_4bit(w, params);
+#endif
+  TORCH_CHECK(false, "quantize_4bit: tensor w must be on the CPU or a CUDA device (in a CUDA build), found ",
+              w.device());
+}
+
+at::Tensor dequantize_4bit(const QuantState& state, at::ScalarType out_dtype) {
+  check_quant_state(state);
+  TORCH_CHECK(is_float_dtype(out_dtype), "dequantize_4bit: out_dtype must be float32, bfloat16 or float16, found ",
+              out_dtype);
+  if (state.device().is_cpu()) return dequantize_cpu(state, out_dtype);
+#if defined(QTRAIN_WITH_CUDA)
+  if (state.device().is_cuda()) return nf4_cuda::dequantize_4bit(state, out_dtype);
+#endif
+  TORCH_CHECK(false, "dequantize_4bit: state must be on the CPU or a CUDA device (in a CUDA build), found ",
+              state.device());
+}
+
+at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_dtype) {
+  check_quant_state(state);
+  TORCH_CHECK(is_float_dtype(out_dtype), "dequantize_4bit_fallback: out_dtype must be float32, bfloat16 or "
+              "float16, found ", out_dtype);
+  const int64_t n = state.numel();
+  const int64_t bs = state.blocksize;
+  const at::Tensor packed = state.packed.reshape({-1});
+  // [ceil(n/2), 2] -> [2*ceil(n/2)]: high nibble first.
+  const at::Tensor codes = at::stack({packed.bitwise_right_shift(4), packed.bitwise_and(0x0F)}, 1)
+                               .reshape({-1})
+                               .slice(0, 0, n)
+                               .to(at::kLong);
+  const at::Tensor values = code_table(state.type).to(packed.device()).index({codes});  // [n] fp32
+  const at::Tensor absmax = dequantize_absmax(state).to(at::kFloat);                   // [nblocks]
+  const at::Tensor scale = absmax.repeat_interleave(bs).slice(0, 0, n);  // [n]
+  return (values * scale).to(out_dtype).reshape(state.shape);
+}
+
+}  // namespace qtrain::ops

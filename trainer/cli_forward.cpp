@@ -53,18 +53,18 @@ int run_forward(const std::vector<std::string>& args) {
   if (!parse_verb(args, spec)) return 0;
   if (pad_side != "right" && pad_side != "left") throw UsageError("--pad-side '" + pad_side + "' must be right or left");
 
-  LoadOptions opts;
-  opts.dtype = parse_dtype_option(dtype, "dtype");
-  opts.device = parse_device_option(device, "device");
-  if (opts.device.is_cuda() && !at::hasCUDA()) throw UsageError("--device " + device + ": no CUDA device is available");
-  const LlamaModel m = LlamaModel::load(model, opts);
-
+  // Every argument is checked before the model is read.
   std::vector<std::vector<int64_t>> seqs;
   int64_t seq = 0;
   for (const auto& s : id_lists) {
     seqs.push_back(parse_ids(s));
     seq = std::max<int64_t>(seq, seqs.back().size());
   }
+  LoadOptions opts;
+  opts.dtype = parse_dtype_option(dtype, "dtype");
+  opts.device = parse_device_option(device, "device");
+  if (opts.device.is_cuda() && !at::hasCUDA()) throw UsageError("--device " + device + ": no CUDA device is available");
+  const LlamaModel m = LlamaModel::load(model, opts);
   const int64_t batch = seqs.size();
   at::Tensor ids = at::zeros({batch, seq}, at::kLong);
   at::Tensor mask = at::zeros({batch, seq}, at::kLong);

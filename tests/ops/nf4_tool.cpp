@@ -1,0 +1,179 @@
+// Test driver for tests/oracle/test_nf4_bnb.py: runs qtrain's NF4/FP4 ops on raw little-endian files so the
+// bitsandbytes oracle can compare bytes. Self-contained on purpose (no data/ dependency).
+//
+//   nf4_tool quantize DIR    DIR/manifest.txt: "dtype D", "shape d0 d1 ...", "type nf4|fp4", "blocksize B",
+//                            "double_quant 0|1", "out_dtype D"; DIR/input.bin holds the tensor.
+//                            Writes packed.bin, absmax.bin, nested_absmax.bin, nested_map.bin, offset.txt
+//                            (float32 bits as an unsigned integer) and dequant.bin (dequantize of the result).
+//   nf4_tool dequantize DIR  Same manifest; reads packed.bin, absmax.bin (+ nested_absmax.bin, nested_map.bin,
+//                            offset.txt when double_quant) and writes dequant.bin.
+//   nf4_tool dynmap DIR      Writes nested_map.bin (signed_dynamic_map()).
+// Exit status: 0 ok, 1 an op rejected its input (message on stderr), 2 usage error.
+#include "ops/nf4.h"
+
+#include <bit>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using qtrain::ops::QuantParams;
+using qtrain::ops::QuantState;
+using qtrain::ops::QuantType;
+
+at::ScalarType parse_dtype(const std::string& s) {
+  if (s == "float32") return at::kFloat;
+  if (s == "bfloat16") return at::kBFloat16;
+  if (s == "float16") return at::kHalf;
+  throw std::invalid_argument("unknown dtype '" + s + "' (expected float32, bfloat16, float16)");
+}
+
+QuantType parse_type(const std::string& s) {
+  if (s == "nf4") return QuantType::kNF4;
+  if (s == "fp4") return QuantType::kFP4;
+  throw std::invalid_argument("unknown type '" + s + "' (expected nf4, fp4)");
+}
+
+std::map<std::string, std::string> read_manifest(const fs::path& dir) {
+  std::ifstream in(dir / "manifest.txt");
+  if (!in) throw std::invalid_argument("cannot open " + (dir / "manifest.txt").string());
+  std::map<std::string, std::string> kv;
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto sp = line.find(' ');
+    if (sp == std::string::npos) continue;
+    kv[line.substr(0, sp)] = line.substr(sp + 1);
+  }
+  return kv;
+}
+
+const std::string& need(const std::map<std::string, std::string>& kv, const std::string& key) {
+  const auto it = kv.find(key);
+  if (it == kv.end()) throw std::invalid_argument("manifest.txt: missing key '" + key + "'");
+  return it->second;
+}
+
+at::Tensor read_tensor(const fs::path& file, at::ScalarType dtype, at::IntArrayRef shape) {
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
+  const size_t bytes = t.numel() * t.element_size();
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::invalid_argument("cannot open " + file.string());
+  in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(bytes));
+  if (static_cast<size_t>(in.gcount()) != bytes) {
+    throw std::invalid_argument(file.string() + ": expected " + std::to_string(bytes) + " bytes, found " +
+                                std::to_string(in.gcount()));
+  }
+  return t;
+}
+
+void write_tensor(const fs::path& file, const at::Tensor& t) {
+  const at::Tensor c = t.cpu().contiguous();
+  std::ofstream out(file, std::ios::binary);
+  out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
+}
+
+struct Job {
+  at::ScalarType dtype;
+  std::vector<int64_t> shape;
+  QuantParams params;
+  at::ScalarType out_dtype;
+};
+
+Job parse_job(const std::map<std::string, std::string>& kv) {
+  Job j;
+  j.dtype = parse_dtype(need(kv, "dtype"));
+  std::istringstream shape(need(kv, "shape"));
+  for (int64_t d; shape >> d;) j.shape.push_back(d);
+  j.params.type = parse_type(need(kv, "type"));
+  j.params.blocksize = std::stoll(need(kv, "blocksize"));
+  j.params.double_quant = need(kv, "double_quant") == "1";
+  j.out_dtype = parse_dtype(need(kv, "out_dtype"));
+  return j;
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (const int64_t d : shape) n *= d;
+  return n;
+}
+
+void write_state(const fs::path& dir, const QuantState& s) {
+  write_tensor(dir / "packed.bin", s.packed);
+  write_tensor(dir / "absmax.bin", s.absmax);
+  if (s.double_quant()) {
+    write_tensor(dir / "nested_absmax.bin", s.nested_absmax);
+    write_tensor(dir / "nested_map.bin", s.nested_quant_map);
+    std::ofstream(dir / "offset.txt") << std::bit_cast<uint32_t>(s.nested_offset) << "\n";
+  }
+}
+
+QuantState read_state(const fs::path& dir, const Job& j) {
+  QuantState s;
+  const int64_t n = numel(j.shape);
+  const int64_t nb = (n + j.params.blocksize - 1) / j.params.blocksize;
+  s.shape = j.shape;
+  s.dtype = j.dtype;
+  s.type = j.params.type;
+  s.blocksize = j.params.blocksize;
+  s.quant_map = qtrain::ops::code_table(j.params.type);
+  s.packed = read_tensor(dir / "packed.bin", at::kByte, {(n + 1) / 2});
+  if (j.params.double_quant) {
+    s.absmax = read_tensor(dir / "absmax.bin", at::kByte, {nb});
+    s.nested_absmax = read_tensor(dir / "nested_absmax.bin", at::kFloat, {(nb + 255) / 256});
+    s.nested_quant_map = read_tensor(dir / "nested_map.bin", at::kFloat, {256});
+    uint32_t bits = 0;
+    std::ifstream(dir / "offset.txt") >> bits;
+    s.nested_offset = std::bit_cast<float>(bits);
+  } else {
+    s.absmax = read_tensor(dir / "absmax.bin", at::kFloat, {nb});
+  }
+  return s;
+}
+
+int run(const std::string& verb, const fs::path& dir) {
+  if (verb == "dynmap") {
+    write_tensor(dir / "nested_map.bin", qtrain::ops::signed_dynamic_map());
+    return 0;
+  }
+  const Job j = parse_job(read_manifest(dir));
+  if (verb == "quantize") {
+    const at::Tensor w = read_tensor(dir / "input.bin", j.dtype, j.shape);
+    const QuantState s = qtrain::ops::quantize_4bit(w, j.params);
+    write_state(dir, s);
+    write_tensor(dir / "dequant.bin", qtrain::ops::dequantize_4bit(s, j.out_dtype));
+    return 0;
+  }
+  if (verb == "dequantize") {
+    const QuantState s = read_state(dir, j);
+    write_tensor(dir / "dequant.bin", qtrain::ops::dequantize_4bit(s, j.out_dtype));
+    return 0;
+  }
+  std::cerr << "nf4_tool: unknown verb '" << verb << "' (expected quantize, dequantize, dynmap)\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::cerr << "usage: nf4_tool quantize|dequantize|dynmap DIR\n";
+    return 2;
+  }
+  try {
+    return run(argv[1], argv[2]);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "nf4_tool: " << e.what() << "\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "nf4_tool: " << e.what() << "\n";
+    return 1;
+  }
+}

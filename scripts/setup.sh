@@ -57,16 +57,17 @@ fi
 # 3. Configure and build -----------------------------------------------------------------------
 if [ "$build" = 1 ]; then
   step "configure ($QTRAIN_BUILD_DIR)"
+  mkdir -p "$QTRAIN_BUILD_DIR"
   torch_prefix=$("$QTRAIN_VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')
   cmake -S . -B "$QTRAIN_BUILD_DIR" -G Ninja \
     -DCMAKE_PREFIX_PATH="$torch_prefix" \
     -DQTRAIN_CUDA="${QTRAIN_CUDA:-AUTO}" \
     -DQTRAIN_PYTHON="$QTRAIN_VENV/bin/python" \
     -DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_CUDA_COMPILER_LAUNCHER=ccache \
-    > "$QTRAIN_BUILD_DIR.configure.log" 2>&1 || { cat "$QTRAIN_BUILD_DIR.configure.log"; exit 1; }
-  done_ "$(grep -o 'CUDA kernels [A-Z]*' "$QTRAIN_BUILD_DIR.configure.log" | head -1)"
+    > "$QTRAIN_BUILD_DIR/setup-configure.log" 2>&1 || { cat "$QTRAIN_BUILD_DIR/setup-configure.log"; exit 1; }
+  done_ "$(grep -o 'CUDA kernels [A-Z]*' "$QTRAIN_BUILD_DIR/setup-configure.log" | head -1)"
   step "build"
-  cmake --build "$QTRAIN_BUILD_DIR" -j "${QTRAIN_JOBS:-$(nproc)}" > "$QTRAIN_BUILD_DIR.build.log" 2>&1 \
-    || { tail -n 60 "$QTRAIN_BUILD_DIR.build.log"; exit 1; }
+  cmake --build "$QTRAIN_BUILD_DIR" -j "${QTRAIN_JOBS:-$(nproc)}" > "$QTRAIN_BUILD_DIR/setup-build.log" 2>&1 \
+    || { tail -n 60 "$QTRAIN_BUILD_DIR/setup-build.log"; exit 1; }
   done_ "ok ($(ccache -s 2>/dev/null | grep -i 'hits' | head -1 | tr -s ' ' || true))"
 fi

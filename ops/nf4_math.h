@@ -95,7 +95,7 @@ QTRAIN_HD float clamp_absmax(float am) { return am < kAbsmaxFloor ? kAbsmaxFloor
 // NaN-propagating max of |x|: a NaN or inf weight must surface in absmax so the caller can reject it.
 QTRAIN_HD float absmax_step(float am, float x) {
   const float a = x < 0.0f ? -x : x;
-  return !(a <= am) ? a : am;
+  return (a <= am || am != am) ? am : a;  // once NaN, stays NaN; a NaN x fails `a <= am` and is taken
 }
 
 // ---- nested (double) quantization of the absmax vector: bnb 0.50 CPU quantize_blockwise ----

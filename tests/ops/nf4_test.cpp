@@ -245,6 +245,13 @@ TEST(Nf4Cpu, RejectsInvalidInputsWithMessages) {
       "block 3");
   expect_throw(
       [] {
+        at::Tensor w = at::randn({300});
+        w[129] = std::numeric_limits<float>::quiet_NaN();  // NaN mid-block: must survive the later elements
+        qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kFP4, 64, false});
+      },
+      "block 2");
+  expect_throw(
+      [] {
         QuantState s = qtrain::ops::quantize_4bit(at::randn({300}), {});
         s.packed = s.packed.slice(0, 0, 149);
         qtrain::ops::dequantize_4bit(s, at::kFloat);

@@ -8,10 +8,14 @@
 //   nf4_tool dequantize DIR  Same manifest; reads packed.bin, absmax.bin (+ nested_absmax.bin, nested_map.bin,
 //                            offset.txt when double_quant) and writes dequant.bin.
 //   nf4_tool dynmap DIR      Writes nested_map.bin (signed_dynamic_map()).
+//   nf4_tool bench DIR       As dequantize, repeated "reps" times (manifest key); prints the best time in
+//                            seconds of one dequantize (used by scripts/bench/nf4_dequant_cpu.py).
 // Exit status: 0 ok, 1 an op rejected its input (message on stderr), 2 usage error.
 #include "ops/nf4.h"
 
+#include <algorithm>
 #include <bit>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -156,7 +160,20 @@ int run(const std::string& verb, const fs::path& dir) {
     write_tensor(dir / "dequant.bin", qtrain::ops::dequantize_4bit(s, j.out_dtype));
     return 0;
   }
-  std::cerr << "nf4_tool: unknown verb '" << verb << "' (expected quantize, dequantize, dynmap)\n";
+  if (verb == "bench") {
+    const QuantState s = read_state(dir, j);
+    const int reps = std::stoi(need(read_manifest(dir), "reps"));
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const at::Tensor out = qtrain::ops::dequantize_4bit(s, j.out_dtype);
+      const auto t1 = std::chrono::steady_clock::now();
+      best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
+    }
+    std::cout << best << "\n";
+    return 0;
+  }
+  std::cerr << "nf4_tool: unknown verb '" << verb << "' (expected quantize, dequantize, dynmap, bench)\n";
   return 2;
 }
 

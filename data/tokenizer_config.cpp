@@ -116,8 +116,14 @@ TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir) {
         c.added_tokens.push_back(std::move(t));
       }
     }
-    if (auto it = j.find("additional_special_tokens"); it != j.end() && it->is_array())
-      for (const auto& v : *it) c.additional_special_tokens.push_back(token_content(v, cfg_path, "additional_special_tokens"));
+    // transformers 4 writes additional_special_tokens; 5 writes extra_special_tokens (a list, or a
+    // {name: token} object).
+    for (const char* key : {"additional_special_tokens", "extra_special_tokens"}) {
+      auto it = j.find(key);
+      if (it == j.end() || it->is_null()) continue;
+      if (!it->is_array() && !it->is_object()) throw_bad_key(cfg_path, key, "a list of tokens", *it);
+      for (const auto& v : *it) c.additional_special_tokens.push_back(token_content(v, cfg_path, key));
+    }
   }
 
   // special_tokens_map.json fills in what tokenizer_config.json left unsaid.

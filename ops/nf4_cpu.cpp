@@ -161,28 +161,24 @@ void dequantize_fast(const uint8_t* packed, const float* absmax, int64_t n, int6
                      T* out) {
   const m::CodeTables tables;
   const float* lut = code_values(type, tables);
-  // byte -> (high-nibble value, low-nibble value): one table read per two outputs.
-  std::array<float, 512> pair{};
-  for (int byte = 0; byte < 256; ++byte) {
-    pair[2 * byte] = lut[byte >> 4];
-    pair[2 * byte + 1] = lut[byte & 0x0F];
-  }
   const int64_t nblocks = (n + blocksize - 1) / blocksize;
   const int64_t grain = std::max<int64_t>(1, 32768 / blocksize);
   at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
+      // A block has one scale, so its 16 possible outputs (already rounded to T) are a table: the same
+      // float32 products and the same casts as the reference, done 16 times per block instead of per element.
+      std::array<T, 16> value{};
+      for (int c = 0; c < 16; ++c) value[c] = from_float<T>(m::dequant_value(lut[c], absmax[b]));
       const int64_t begin = b * blocksize;
       const int64_t len = std::min(n - begin, blocksize);
-      const float scale = absmax[b];
       const uint8_t* pb = packed + begin / 2;
       T* ob = out + begin;
       const int64_t pairs = len / 2;
       for (int64_t j = 0; j < pairs; ++j) {
-        const float* v = &pair[2 * pb[j]];
-        ob[2 * j] = from_float<T>(m::dequant_value(v[0], scale));
-        ob[2 * j + 1] = from_float<T>(m::dequant_value(v[1], scale));
+        ob[2 * j] = value[pb[j] >> 4];
+        ob[2 * j + 1] = value[pb[j] & 0x0F];
       }
-      if (len % 2 != 0) ob[len - 1] = from_float<T>(m::dequant_value(pair[2 * pb[pairs]], scale));
+      if (len % 2 != 0) ob[len - 1] = value[pb[pairs] >> 4];
     }
   });
 }

@@ -203,6 +203,27 @@ ModelConfig parse_model_config_text(const std::string& text, const std::string& 
   c.eos_token_ids = id_list(r, "eos_token_id");
   if (r.has("pad_token_id")) c.pad_token_id = r.integer("pad_token_id");
   c.torch_dtype = r.string_or("torch_dtype", r.string_or("dtype", "float32"));
+  if (r.has("quantization_config")) {
+    const json& q = r.at("quantization_config");
+    const std::string key = "quantization_config";
+    if (!q.is_object()) r.fail(key, "expected an object, found " + q.dump());
+    const std::string method = q.value("quant_method", std::string("?"));
+    const bool four_bit = q.value("load_in_4bit", q.value("_load_in_4bit", false));
+    if (method != "bitsandbytes" || !four_bit)
+      r.fail(key + ".quant_method", "only bitsandbytes 4-bit checkpoints can be loaded for training (found quant_method '" +
+                                        method + "', load_in_4bit " + (four_bit ? "true" : "false") +
+                                        "); start from the full-precision model instead");
+    Bnb4bitConfig b;
+    b.quant_type = q.value("bnb_4bit_quant_type", std::string("fp4"));  // the BitsAndBytesConfig default
+    if (b.quant_type != "nf4" && b.quant_type != "fp4")
+      r.fail(key + ".bnb_4bit_quant_type", "expected nf4 or fp4, found '" + b.quant_type + "'");
+    b.double_quant = q.value("bnb_4bit_use_double_quant", false);
+    b.compute_dtype = q.value("bnb_4bit_compute_dtype", std::string("float32"));
+    const std::string storage = q.value("bnb_4bit_quant_storage", std::string("uint8"));
+    if (storage != "uint8")
+      r.fail(key + ".bnb_4bit_quant_storage", "only uint8 storage is supported, found '" + storage + "'");
+    c.bnb_4bit = b;
+  }
   return c;
 }
 

@@ -30,6 +30,14 @@ struct RopeConfig {
   int64_t original_max_position_embeddings = 8192;
 };
 
+// config.json `quantization_config` of a checkpoint saved by bitsandbytes in 4 bits (formats.md §1.9).
+// The per-tensor details (blocksize, nesting, offsets) live next to each weight, not here.
+struct Bnb4bitConfig {
+  std::string quant_type = "nf4";  // nf4 | fp4
+  bool double_quant = true;
+  std::string compute_dtype = "bfloat16";
+};
+
 struct ModelConfig {
   ModelFamily family = ModelFamily::kLlama;
   int64_t vocab_size = 0;
@@ -52,6 +60,7 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<int64_t> pad_token_id;
   std::string torch_dtype = "float32";  // the checkpoint's declared dtype
+  std::optional<Bnb4bitConfig> bnb_4bit;  // set when the checkpoint is already bnb-4bit
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }

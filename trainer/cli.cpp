@@ -21,6 +21,9 @@ struct Verb {
 const Verb kVerbs[] = {
     {"inspect", run_inspect, "describe a model directory: architecture, parameters, shards, memory in bf16 and NF4"},
     {"forward", run_forward, "run the forward pass on token ids and write the logits to a safetensors file"},
+    {"tokenize", run_tokenize, "encode text to token ids (or decode ids) with a model directory's tokenizer"},
+    {"quantize", run_quantize, "write a bitsandbytes 4-bit (NF4/FP4) checkpoint that transformers loads"},
+    {"dequantize", run_dequantize, "write a dense checkpoint from a 4-bit one"},
 };
 
 void print_help(std::ostream& os) {

@@ -3,10 +3,12 @@
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <set>
 
 #include "data/hf_config.h"
 #include "data/safetensors.h"
 #include "trainer/cli.h"
+#include "trainer/bnb_format.h"
 #include "trainer/cli_options.h"
 
 namespace qtrain::cli {
@@ -72,15 +74,28 @@ int run_inspect(const std::vector<std::string>& args) {
   std::map<std::string, uint64_t> dtypes;
   uint64_t total = 0, stored_bytes = 0;
   double nf4_bytes = 0;
+  // In a bitsandbytes 4-bit checkpoint a weight is several tensors (packed codes, scales, a JSON blob):
+  // count its parameters once, from the quantization state, and its real stored bytes.
+  std::set<std::string> quantized;
+  for (const auto& name : ckpt.names())
+    if (bnb::is_quantized(ckpt, name)) quantized.insert(name);
+  auto companion_of = [&](const std::string& name) {
+    for (const auto& w : quantized)
+      if (name.size() > w.size() && name.compare(0, w.size() + 1, w + ".") == 0) return true;
+    return false;
+  };
   for (const auto& name : ckpt.names()) {
     const auto& info = ckpt.info(name);
-    const Kind k = classify(name);
-    params[k] += info.numel();
-    total += info.numel();
     stored_bytes += info.end - info.begin;
-    dtypes[std::string(safetensors::dtype_name(info.dtype))] += info.numel();
-    const bool matrix = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && info.shape.size() == 2;
-    nf4_bytes += (is_quantizable(k) && matrix) ? nf4_dq_bytes(info.numel()) : 2.0 * info.numel();
+    if (companion_of(name)) continue;
+    const Kind k = classify(name);
+    const uint64_t n = quantized.count(name) ? bnb::load(ckpt, name, at::kCPU).numel() : info.numel();
+    params[k] += n;
+    total += n;
+    dtypes[quantized.count(name) ? std::string("4-bit") : std::string(safetensors::dtype_name(info.dtype))] += n;
+    const bool matrix = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+                        (info.shape.size() == 2 || quantized.count(name));
+    nf4_bytes += (is_quantizable(k) && matrix) ? nf4_dq_bytes(n) : 2.0 * n;
   }
 
   std::cout << "model        " << dir.string() << "\n"
@@ -89,6 +104,9 @@ int run_inspect(const std::vector<std::string>& args) {
             << c.num_key_value_heads << ", head_dim " << c.head_dim << "), vocab " << c.vocab_size << "\n"
             << "rope         " << rope_type_name(c.rope.type) << ", theta " << c.rope.theta;
   if (c.rope.type != RopeType::kDefault) std::cout << ", factor " << c.rope.factor;
+  if (c.bnb_4bit)
+    std::cout << "\nquantized    bitsandbytes " << c.bnb_4bit->quant_type << (c.bnb_4bit->double_quant ? " + double quant" : "")
+              << " (" << quantized.size() << " 4-bit weights)";
   std::cout << "\nembeddings   " << (c.tie_word_embeddings ? "tied" : "untied") << "\n";
   if (c.sliding_window) std::cout << "window       " << *c.sliding_window << "\n";
   std::cout << "parameters   " << total << "\n";

@@ -4,12 +4,20 @@
 
 #include "data/error.h"
 #include "data/safetensors.h"
+#include "trainer/bnb_format.h"
 #include "trainer/rope.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
 
-at::Tensor Linear::forward(const at::Tensor& x) const { return at::linear(x, weight, bias); }
+at::Tensor Linear::dense_weight(at::ScalarType dtype) const {
+  return qweight ? ops::dequantize_4bit(*qweight, dtype) : weight.to(dtype);
+}
+
+at::Tensor Linear::forward(const at::Tensor& x) const {
+  // The dequantized weight is a temporary: it dies with this call (the QLoRA memory point).
+  return at::linear(x, qweight ? ops::dequantize_4bit(*qweight, x.scalar_type()) : weight, bias);
+}
 
 namespace {
 
@@ -18,7 +26,8 @@ class WeightLoader {
  public:
   WeightLoader(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
 
-  at::Tensor get(const std::string& name, std::vector<int64_t> shape) const {
+  // Throws unless the checkpoint holds `name` with exactly `shape`.
+  void check(const std::string& name, const std::vector<int64_t>& shape) const {
     if (!ckpt_.contains(name))
       throw InputError(ckpt_.dir().string() + ": checkpoint is missing tensor '" + name + "' (expected shape " +
                        shape_str(shape) + ")");
@@ -26,12 +35,27 @@ class WeightLoader {
     if (info.shape != shape)
       throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
                        " but config.json implies " + shape_str(shape));
+  }
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const {
+    check(name, shape);
     // Same dtype on CPU: `to` returns the mmapped view itself, so no copy is made.
     return ckpt_.tensor(name).to(opts_.device, opts_.dtype);
   }
   Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const {
     Linear l;
-    l.weight = get(prefix + ".weight", {out, in});
+    const std::string w = prefix + ".weight";
+    if (bnb::is_quantized(ckpt_, w)) {
+      l.qweight = bnb::load(ckpt_, w, opts_.device);
+      if (l.qweight->shape != std::vector<int64_t>{out, in})
+        throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
+                         " but config.json implies " + shape_str({out, in}));
+    } else if (opts_.quantize) {
+      // One full-precision tensor at a time: read from the mmap, quantize on the target device.
+      check(w, {out, in});
+      l.qweight = ops::quantize_4bit(ckpt_.tensor(w).to(opts_.device), *opts_.quantize);
+    } else {
+      l.weight = get(w, {out, in});
+    }
     if (bias) l.bias = get(prefix + ".bias", {out});
     return l;
   }
@@ -86,6 +110,50 @@ LlamaModel LlamaModel::load(const fs::path& dir, const LoadOptions& opts) {
   }
   m.inv_freq_ = rope_inv_freq(c.rope, c.head_dim).to(opts.device);
   return m;
+}
+
+void LlamaModel::for_each_linear(const std::function<void(const std::string&, Linear&)>& fn) {
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    DecoderLayer& l = layers_[i];
+    const std::string p = "model.layers." + std::to_string(i);
+    fn(p + ".self_attn.q_proj", l.q);
+    fn(p + ".self_attn.k_proj", l.k);
+    fn(p + ".self_attn.v_proj", l.v);
+    fn(p + ".self_attn.o_proj", l.o);
+    fn(p + ".mlp.gate_proj", l.gate);
+    fn(p + ".mlp.up_proj", l.up);
+    fn(p + ".mlp.down_proj", l.down);
+  }
+}
+
+void LlamaModel::for_each_linear(const std::function<void(const std::string&, const Linear&)>& fn) const {
+  const_cast<LlamaModel*>(this)->for_each_linear([&](const std::string& n, Linear& l) { fn(n, l); });
+}
+
+std::map<std::string, at::Tensor> LlamaModel::state_tensors() const {
+  std::map<std::string, at::Tensor> out;
+  out["model.embed_tokens.weight"] = embed_;
+  out["model.norm.weight"] = final_norm_;
+  if (!config_.tie_word_embeddings) out["lm_head.weight"] = lm_head_;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const DecoderLayer& l = layers_[i];
+    const std::string p = "model.layers." + std::to_string(i);
+    out[p + ".input_layernorm.weight"] = l.input_norm;
+    out[p + ".post_attention_layernorm.weight"] = l.post_attention_norm;
+    if (config_.qk_norm) {
+      out[p + ".self_attn.q_norm.weight"] = l.q_norm;
+      out[p + ".self_attn.k_norm.weight"] = l.k_norm;
+    }
+  }
+  for_each_linear([&](const std::string& name, const Linear& l) {
+    if (l.qweight) {
+      for (auto& [k, t] : bnb::to_tensors(name + ".weight", *l.qweight)) out[k] = t;
+    } else {
+      out[name + ".weight"] = l.weight;
+    }
+    if (l.bias.defined()) out[name + ".bias"] = l.bias;
+  });
+  return out;
 }
 
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {

@@ -5,20 +5,27 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <optional>
 #include <vector>
 
 #include <ATen/ATen.h>
 
 #include "data/hf_config.h"
+#include "ops/nf4.h"
 
 namespace qtrain {
 
-// A frozen linear layer y = x·Wᵀ + b.
+// A frozen linear layer y = x·Wᵀ + b, with W held either dense or in 4 bits (NF4/FP4), in which
+// case it is dequantized on the fly and never kept in full precision.
 struct Linear {
-  at::Tensor weight;  // [out, in]
-  at::Tensor bias;    // [out] or undefined
+  at::Tensor weight;                     // [out, in] when dense; undefined when quantized
+  std::optional<ops::QuantState> qweight;  // shape [out, in] when quantized
+  at::Tensor bias;                       // [out] or undefined
   at::Tensor forward(const at::Tensor& x) const;
+  // The base weight in `dtype` (dequantized when 4-bit): [out, in].
+  at::Tensor dense_weight(at::ScalarType dtype) const;
 };
 
 struct DecoderLayer {
@@ -32,6 +39,10 @@ struct DecoderLayer {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // weights and compute
   at::Device device = at::kCPU;
+  // Quantize every decoder-layer linear (q, k, v, o, gate, up, down) to 4 bits while loading, one
+  // tensor at a time on `device`. Embeddings, norms and lm_head stay in `dtype` (as bitsandbytes does).
+  // Checkpoints that are already bnb-4bit load their quantized weights as stored either way.
+  std::optional<ops::QuantParams> quantize;
 };
 
 class LlamaModel {
@@ -43,6 +54,14 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
   at::Device device() const { return embed_.device(); }
+
+  // Visits every decoder-layer linear with its Hugging Face module name ("model.layers.3.mlp.up_proj").
+  void for_each_linear(const std::function<void(const std::string&, Linear&)>& fn);
+  void for_each_linear(const std::function<void(const std::string&, const Linear&)>& fn) const;
+
+  // Every weight under its Hugging Face name, 4-bit linears in the bitsandbytes layout
+  // (formats.md §1.8), the rest in the model dtype: what a checkpoint writer needs.
+  std::map<std::string, at::Tensor> state_tensors() const;
 
   // ids [batch, seq] int64; attention_mask [batch, seq] (1 = token, 0 = padding) or undefined;
   // positions [batch, seq] or undefined (then 0..seq-1 per row, as transformers does by default).

@@ -1,0 +1,27 @@
+// Writes a Hugging Face model directory (config.json, safetensors shards, tokenizer files) atomically:
+// everything goes into a temporary sibling directory that is renamed to the target at the end.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+namespace qtrain {
+
+struct ModelDirContents {
+  nlohmann::ordered_json config;             // config.json as written
+  std::map<std::string, at::Tensor> tensors;  // by Hugging Face name
+  std::filesystem::path copy_files_from;      // tokenizer / generation files are copied from here
+  uint64_t max_shard_bytes = 5ull << 30;      // transformers' default 5 GB
+};
+
+// Fails (UsageError) if `out` exists and is not empty, so nothing is ever overwritten.
+void write_model_dir(const std::filesystem::path& out, const ModelDirContents& contents);
+
+// Parses sizes like "5GB", "500MB", "2GiB", "1000" (bytes). Throws UsageError naming `option`.
+uint64_t parse_byte_size(const std::string& s, const std::string& option);
+
+}  // namespace qtrain

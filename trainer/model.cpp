@@ -1,10 +1,13 @@
 #include "trainer/model.h"
 
+#include <algorithm>
 #include <string>
 
 #include "data/error.h"
 #include "data/safetensors.h"
+#include "ops/qlora_linear.h"
 #include "trainer/bnb_format.h"
+#include "trainer/recompute.h"
 #include "trainer/rope.h"
 
 namespace qtrain {
@@ -14,9 +17,31 @@ at::Tensor Linear::dense_weight(at::ScalarType dtype) const {
   return qweight ? ops::dequantize_4bit(*qweight, dtype) : weight.to(dtype);
 }
 
-at::Tensor Linear::forward(const at::Tensor& x) const {
-  // The dequantized weight is a temporary: it dies with this call (the QLoRA memory point).
-  return at::linear(x, qweight ? ops::dequantize_4bit(*qweight, x.scalar_type()) : weight, bias);
+at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
+  if (!lora) {
+    // The dequantized weight is a temporary: it dies with this call (the QLoRA memory point).
+    return at::linear(x, qweight ? ops::dequantize_4bit(*qweight, x.scalar_type()) : weight, bias);
+  }
+  at::Tensor mask;  // like x; drawn from the context's generator so recompute can replay it
+  if (ctx && ctx->training && lora->dropout > 0) {
+    TORCH_CHECK(ctx->dropout_gen.defined(), "LoRA dropout needs RunContext::dropout_gen");
+    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, x.scalar_type());
+  }
+  if (qweight) {
+    ops::QLoraLinearArgs a;
+    a.weight = &*qweight;
+    a.bias = bias;
+    a.A = lora->A;
+    a.B = lora->B;
+    a.scale = lora->scale;
+    a.dropout_mask = mask;
+    return ops::qlora_linear(x, a);
+  }
+  // Dense base (quantization off): PEFT's LoRA forward with plain autograd ops. The LoRA branch runs
+  // in the adapter dtype and the sum is cast back to the base output dtype.
+  at::Tensor base = at::linear(x, weight, bias);
+  at::Tensor xl = (mask.defined() ? x * mask : x).to(lora->A.scalar_type());
+  return (base + at::linear(at::linear(xl, lora->A), lora->B) * lora->scale).to(base.scalar_type());
 }
 
 namespace {
@@ -130,6 +155,32 @@ void LlamaModel::for_each_linear(const std::function<void(const std::string&, co
   const_cast<LlamaModel*>(this)->for_each_linear([&](const std::string& n, Linear& l) { fn(n, l); });
 }
 
+void LlamaModel::add_lora(const LoraSpec& spec, at::Generator gen) {
+  const bool all = std::find(spec.targets.begin(), spec.targets.end(), "all-linear") != spec.targets.end();
+  for_each_linear([&](const std::string& name, Linear& l) {
+    const std::string shortname = name.substr(name.rfind('.') + 1);
+    if (!all && std::find(spec.targets.begin(), spec.targets.end(), shortname) == spec.targets.end()) return;
+    const auto shape = l.qweight ? l.qweight->shape : l.weight.sizes().vec();  // [out, in]
+    ops::LoraWeights w = ops::init_lora(shape[1], shape[0], spec.config, gen, spec.dtype);
+    auto a = std::make_shared<LoraAdapter>();
+    a->A = w.A.to(device()).set_requires_grad(true);
+    a->B = w.B.to(device()).set_requires_grad(true);
+    a->scale = ops::lora_scale(spec.config);
+    a->dropout = spec.config.dropout;
+    l.lora = std::move(a);
+  });
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LlamaModel::lora_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for_each_linear([&](const std::string& name, const Linear& l) {
+    if (!l.lora) return;
+    out.emplace_back("base_model.model." + name + ".lora_A.weight", l.lora->A);
+    out.emplace_back("base_model.model." + name + ".lora_B.weight", l.lora->B);
+  });
+  return out;
+}
+
 std::map<std::string, at::Tensor> LlamaModel::state_tensors() const {
   std::map<std::string, at::Tensor> out;
   out["model.embed_tokens.weight"] = embed_;
@@ -165,13 +216,13 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) c
 }
 
 at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
-                                 const RopeTables& rope) const {
+                                 const RopeTables& rope, const RunContext* ctx) const {
   const ModelConfig& c = config_;
   const int64_t b = x.size(0), t = x.size(1);
   // [batch, seq, heads*hd] → [batch, heads, seq, hd]
-  at::Tensor q = l.q.forward(x).view({b, t, c.num_attention_heads, c.head_dim});
-  at::Tensor k = l.k.forward(x).view({b, t, c.num_key_value_heads, c.head_dim});
-  at::Tensor v = l.v.forward(x).view({b, t, c.num_key_value_heads, c.head_dim}).transpose(1, 2);
+  at::Tensor q = l.q.forward(x, ctx).view({b, t, c.num_attention_heads, c.head_dim});
+  at::Tensor k = l.k.forward(x, ctx).view({b, t, c.num_key_value_heads, c.head_dim});
+  at::Tensor v = l.v.forward(x, ctx).view({b, t, c.num_key_value_heads, c.head_dim}).transpose(1, 2);
   if (c.qk_norm) {
     q = rms_norm(q, l.q_norm);
     k = rms_norm(k, l.k_norm);
@@ -185,33 +236,69 @@ at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, con
                                                     /*scale=*/std::nullopt, /*enable_gqa=*/true);
   // [batch, heads, seq, hd] → [batch, seq, heads*hd]
   out = out.transpose(1, 2).reshape({b, t, c.q_dim()});
-  return l.o.forward(out);
+  return l.o.forward(out, ctx);
 }
 
-at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attention_mask, const at::Tensor& positions) const {
+at::Tensor LlamaModel::layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
+                                     const RopeTables& rope, const RunContext* ctx) const {
+  at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), mask, rope, ctx);
+  at::Tensor x = rms_norm(out, l.post_attention_norm);
+  return out + l.down.forward(at::silu(l.gate.forward(x, ctx)) * l.up.forward(x, ctx), ctx);
+}
+
+at::Tensor LlamaModel::run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const {
+  const bool recompute = ctx && ctx->recompute && at::GradMode::is_enabled();
+  for (const auto& l : layers_) {
+    if (!recompute) {
+      h = layer_forward(l, h, mask, rope, ctx);
+      continue;
+    }
+    std::vector<at::Tensor> params;
+    for (const Linear* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+      if (lin->lora) params.insert(params.end(), {lin->lora->A, lin->lora->B});
+    // Captures by value (mask and cos/sin tables are shared tensors): backward runs after this returns.
+    const DecoderLayer* lp = &l;
+    h = recompute_layer([this, lp, mask, rope](const at::Tensor& x, const RunContext* c) { return layer_forward(*lp, x, mask, rope, c); },
+                        h, params, ctx);
+  }
+  return h;
+}
+
+namespace {
+void check_ids(const at::Tensor& ids, int64_t vocab) {
   TORCH_CHECK(ids.dim() == 2, "forward: ids must be [batch, seq], got ", ids.sizes());
   TORCH_CHECK(ids.scalar_type() == at::kLong, "forward: ids must be int64, got ", ids.scalar_type());
-  const int64_t b = ids.size(0), t = ids.size(1);
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
-    if (lo < 0 || hi >= config_.vocab_size)
+    if (lo < 0 || hi >= vocab)
       throw UsageError("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
-                       std::to_string(config_.vocab_size) + ")");
+                       std::to_string(vocab) + ")");
   }
-  at::Tensor ids_d = ids.to(device());
+}
+}  // namespace
+
+at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attention_mask, const at::Tensor& positions,
+                               const RunContext* ctx) const {
+  check_ids(ids, config_.vocab_size);
+  const int64_t b = ids.size(0), t = ids.size(1);
   at::Tensor pos = positions.defined() ? positions.to(device(), at::kLong)
                                        : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
   const at::Tensor mask = build_attention_mask(attention_mask, b, t, config_.sliding_window, device());
+  at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);  // [batch, seq, hidden]
+  return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
+}
 
-  at::Tensor h = at::embedding(embed_, ids_d);  // [batch, seq, hidden]
-  for (const auto& l : layers_) {
-    h = h + attention(l, rms_norm(h, l.input_norm), mask, rope);
-    at::Tensor x = rms_norm(h, l.post_attention_norm);
-    h = h + l.down.forward(at::silu(l.gate.forward(x)) * l.up.forward(x));
-  }
-  h = rms_norm(h, final_norm_);
-  return at::linear(h, lm_head_);  // [batch, seq, vocab]
+at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& segment_ids, const at::Tensor& positions,
+                                     const RunContext* ctx) const {
+  check_ids(ids, config_.vocab_size);
+  TORCH_CHECK(segment_ids.sizes() == ids.sizes() && positions.sizes() == ids.sizes(),
+              "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
+              segment_ids.sizes(), " and ", positions.sizes());
+  const RopeTables rope = rope_tables(inv_freq_, positions.to(device(), at::kLong), dtype_);
+  const at::Tensor mask = build_segment_mask(segment_ids.to(device()), config_.sliding_window);
+  at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
+  return rms_norm(h, final_norm_);
 }
 
 at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
@@ -231,6 +318,28 @@ at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch,
   at::Tensor diag = at::eye(seq, at::TensorOptions().dtype(at::kBool).device(device)).view({1, 1, seq, seq});
   at::Tensor pad_query = valid.logical_not().view({batch, 1, seq, 1});
   return allowed.logical_or(diag.logical_and(pad_query)).contiguous();
+}
+
+}  // namespace qtrain
+
+namespace qtrain {
+
+at::Tensor build_segment_mask(const at::Tensor& segment_ids, std::optional<int64_t> sliding_window) {
+  TORCH_CHECK(segment_ids.dim() == 2, "segment_ids must be [batch, seq], got ", segment_ids.sizes());
+  const int64_t b = segment_ids.size(0), t = segment_ids.size(1);
+  const auto dev = segment_ids.device();
+  auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor qi = at::arange(t, opts).view({t, 1});
+  at::Tensor kj = at::arange(t, opts).view({1, t});
+  at::Tensor allowed = kj <= qi;
+  if (sliding_window) allowed = allowed.logical_and(kj > qi - *sliding_window);
+  at::Tensor seg = segment_ids.to(at::kLong);
+  at::Tensor same = seg.view({b, 1, t, 1}) == seg.view({b, 1, 1, t});  // [b, 1, t, t]
+  at::Tensor valid_key = (seg >= 0).view({b, 1, 1, t});
+  allowed = allowed.view({1, 1, t, t}).logical_and(same).logical_and(valid_key);
+  // Padding queries attend to themselves only (no empty rows: they would be NaN in SDPA).
+  at::Tensor diag = at::eye(t, at::TensorOptions().dtype(at::kBool).device(dev)).view({1, 1, t, t});
+  return allowed.logical_or(diag.logical_and((seg < 0).view({b, 1, t, 1}))).contiguous();
 }
 
 }  // namespace qtrain

@@ -1,0 +1,482 @@
+#include "trainer/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <functional>
+#include <sstream>
+
+#include "data/error.h"
+
+namespace qtrain {
+namespace {
+
+// ---- enum ↔ string tables: the only place these spellings live ----
+template <class E>
+using Table = std::vector<std::pair<E, std::string>>;
+
+const Table<DtypeChoice> kDtypes = {{DtypeChoice::kAuto, "auto"}, {DtypeChoice::kFloat32, "float32"}, {DtypeChoice::kBFloat16, "bfloat16"}};
+const Table<DeviceChoice> kDevices = {{DeviceChoice::kAuto, "auto"}, {DeviceChoice::kCpu, "cpu"}, {DeviceChoice::kCuda, "cuda"}};
+const Table<Schedule> kSchedules = {{Schedule::kConstant, "constant"}, {Schedule::kLinear, "linear"}, {Schedule::kCosine, "cosine"}};
+const Table<NanPolicy> kNanPolicies = {{NanPolicy::kStop, "stop"}, {NanPolicy::kSkip, "skip"}};
+const Table<ops::QuantType> kQuantTypes = {{ops::QuantType::kNF4, "nf4"}, {ops::QuantType::kFP4, "fp4"}};
+
+template <class E>
+std::string enum_name(const Table<E>& t, E v) {
+  for (const auto& [e, s] : t)
+    if (e == v) return s;
+  return "?";
+}
+
+// Collects every problem so the user sees all of them in one run.
+struct Problems {
+  std::string file;
+  std::vector<std::string> list;
+  void add(const std::string& key, const std::string& msg) { list.push_back(file + ": " + key + ": " + msg); }
+};
+
+// Parses one scalar of type T from a YAML node; returns false (and records why) on a bad value.
+template <class T>
+bool parse_value(const YAML::Node& n, T* out, std::string* why);
+
+template <>
+bool parse_value(const YAML::Node& n, std::string* out, std::string* why) {
+  if (!n.IsScalar()) return *why = "expected a string", false;
+  *out = n.Scalar();
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, std::filesystem::path* out, std::string* why) {
+  std::string s;
+  if (!parse_value(n, &s, why)) return false;
+  *out = s;
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, bool* out, std::string* why) {
+  if (!n.IsScalar() || !YAML::convert<bool>::decode(n, *out)) return *why = "expected true or false, found '" + (n.IsScalar() ? n.Scalar() : std::string("a collection")) + "'", false;
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, double* out, std::string* why) {
+  if (!n.IsScalar()) return *why = "expected a number", false;
+  try {
+    std::size_t used = 0;
+    *out = std::stod(n.Scalar(), &used);
+    if (used != n.Scalar().size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    return *why = "expected a number, found '" + n.Scalar() + "'", false;
+  }
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, int64_t* out, std::string* why) {
+  if (!n.IsScalar()) return *why = "expected an integer", false;
+  try {
+    std::size_t used = 0;
+    *out = std::stoll(n.Scalar(), &used);
+    if (used != n.Scalar().size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    return *why = "expected an integer, found '" + n.Scalar() + "'", false;
+  }
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, uint64_t* out, std::string* why) {
+  int64_t v = 0;
+  if (!parse_value(n, &v, why)) return false;
+  if (v < 0) return *why = "expected a non-negative integer, found " + n.Scalar(), false;
+  *out = static_cast<uint64_t>(v);
+  return true;
+}
+template <>
+bool parse_value(const YAML::Node& n, std::vector<std::string>* out, std::string* why) {
+  out->clear();
+  if (n.IsScalar()) return out->push_back(n.Scalar()), true;
+  if (!n.IsSequence()) return *why = "expected a list of strings", false;
+  for (const auto& e : n) {
+    if (!e.IsScalar()) return *why = "expected a list of strings", false;
+    out->push_back(e.Scalar());
+  }
+  return true;
+}
+
+template <class E>
+bool parse_enum(const YAML::Node& n, const Table<E>& t, E* out, std::string* why) {
+  std::string s;
+  if (!parse_value(n, &s, why)) return false;
+  for (const auto& [e, name] : t)
+    if (name == s) return *out = e, true;
+  std::string allowed;
+  for (const auto& [e, name] : t) allowed += (allowed.empty() ? "" : ", ") + name;
+  return *why = "'" + s + "' is not one of: " + allowed, false;
+}
+
+std::string yaml_scalar(const std::string& s) {
+  YAML::Emitter e;
+  e << YAML::DoubleQuoted << s;
+  return e.c_str();
+}
+std::string yaml_number(double v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
+
+// One recipe key: how to parse it into the Recipe and how to print it back.
+struct Field {
+  std::string key;  // "training.learning_rate"
+  std::function<bool(const YAML::Node&, Recipe&, std::string*)> set;
+  std::function<std::string(const Recipe&)> get;
+};
+
+template <class T>
+Field field(std::string key, std::function<T&(Recipe&)> ref, std::function<std::string(const T&)> show) {
+  return {key,
+          [ref](const YAML::Node& n, Recipe& r, std::string* why) { return parse_value(n, &ref(r), why); },
+          [ref, show](const Recipe& r) { return show(ref(const_cast<Recipe&>(r))); }};
+}
+template <class E>
+Field enum_field(std::string key, const Table<E>& t, std::function<E&(Recipe&)> ref) {
+  return {key, [ref, &t](const YAML::Node& n, Recipe& r, std::string* why) { return parse_enum(n, t, &ref(r), why); },
+          [ref, &t](const Recipe& r) { return enum_name(t, ref(const_cast<Recipe&>(r))); }};
+}
+
+const auto show_str = [](const std::string& s) { return yaml_scalar(s); };
+const auto show_path = [](const std::filesystem::path& p) { return yaml_scalar(p.string()); };
+const auto show_bool = [](const bool& b) { return std::string(b ? "true" : "false"); };
+const auto show_i64 = [](const int64_t& v) { return std::to_string(v); };
+const auto show_u64 = [](const uint64_t& v) { return std::to_string(v); };
+const auto show_f64 = [](const double& v) { return yaml_number(v); };
+const auto show_list = [](const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + yaml_scalar(v[i]);
+  return s + "]";
+};
+
+#define QT_F(T, KEY, EXPR, SHOW) field<T>(KEY, [](Recipe& r) -> T& { return r.EXPR; }, SHOW)
+#define QT_E(KEY, TABLE, EXPR) enum_field(KEY, TABLE, std::function<std::remove_reference_t<decltype(Recipe().EXPR)>&(Recipe&)>([](Recipe& r) -> auto& { return r.EXPR; }))
+
+std::vector<Field> data_fields();
+void validate_data(const DataConfig& d, Problems& p);
+
+std::vector<Field> all_fields() {
+  std::vector<Field> f = {
+      QT_F(std::filesystem::path, "model.path", model.path, show_path),
+      QT_F(std::vector<std::string>, "model.target_modules", model.target_modules, show_list),
+      QT_F(bool, "model.create_if_missing", model.create_if_missing, show_bool),
+      QT_F(bool, "quantization.enabled", quantization.enabled, show_bool),
+      QT_E("quantization.quant_type", kQuantTypes, quantization.quant_type),
+      QT_F(bool, "quantization.double_quant", quantization.double_quant, show_bool),
+      QT_F(int64_t, "quantization.blocksize", quantization.blocksize, show_i64),
+      QT_F(int64_t, "lora.r", lora.r, show_i64),
+      QT_F(double, "lora.alpha", lora.alpha, show_f64),
+      QT_F(double, "lora.dropout", lora.dropout, show_f64),
+      QT_F(bool, "lora.rslora", lora.rslora, show_bool),
+      {"lora.init_seed",
+       [](const YAML::Node& n, Recipe& r, std::string* why) {
+         uint64_t v = 0;
+         if (!parse_value(n, &v, why)) return false;
+         r.lora.init_seed = v;
+         return true;
+       },
+       [](const Recipe& r) { return r.lora.init_seed ? std::to_string(*r.lora.init_seed) : std::string("null"); }},
+      QT_E("lora.dtype", kDtypes, lora.dtype),
+      QT_F(int64_t, "training.micro_batch_size", training.micro_batch_size, show_i64),
+      QT_F(int64_t, "training.gradient_accumulation", training.gradient_accumulation, show_i64),
+      QT_F(int64_t, "training.max_steps", training.max_steps, show_i64),
+      QT_F(double, "training.epochs", training.epochs, show_f64),
+      QT_F(double, "training.learning_rate", training.learning_rate, show_f64),
+      QT_E("training.schedule", kSchedules, training.schedule),
+      QT_F(int64_t, "training.warmup_steps", training.warmup_steps, show_i64),
+      QT_F(double, "training.max_grad_norm", training.max_grad_norm, show_f64),
+      QT_F(double, "training.weight_decay", training.weight_decay, show_f64),
+      QT_F(uint64_t, "training.seed", training.seed, show_u64),
+      QT_F(bool, "training.recompute", training.recompute, show_bool),
+      QT_E("training.compute_dtype", kDtypes, training.compute_dtype),
+      QT_E("training.device", kDevices, training.device),
+      QT_E("training.on_nan", kNanPolicies, training.on_nan),
+      QT_F(std::string, "optimizer.name", optimizer.name, show_str),
+      QT_F(int64_t, "optimizer.bits", optimizer.bits, show_i64),
+      QT_F(bool, "optimizer.paged", optimizer.paged, show_bool),
+      QT_F(double, "optimizer.beta1", optimizer.beta1, show_f64),
+      QT_F(double, "optimizer.beta2", optimizer.beta2, show_f64),
+      QT_F(double, "optimizer.eps", optimizer.eps, show_f64),
+      QT_F(int64_t, "schedule.log_every", schedule.log_every, show_i64),
+      QT_F(int64_t, "schedule.eval_every", schedule.eval_every, show_i64),
+      QT_F(int64_t, "schedule.save_every", schedule.save_every, show_i64),
+      QT_F(int64_t, "schedule.keep_last", schedule.keep_last, show_i64),
+      QT_F(int64_t, "schedule.eval_batches", schedule.eval_batches, show_i64),
+      QT_F(std::filesystem::path, "output_dir", output_dir, show_path),
+  };
+  for (auto& df : data_fields()) f.push_back(std::move(df));
+  return f;
+}
+
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t prev = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t cur = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] != b[j - 1])});
+      prev = cur;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string nearest_key(const std::string& key, const std::vector<Field>& fields) {
+  std::string best;
+  std::size_t best_d = SIZE_MAX;
+  for (const auto& f : fields) {
+    // Compare within the same section first: a typo rarely changes the section.
+    const std::size_t d = edit_distance(key, f.key);
+    if (d < best_d) best_d = d, best = f.key;
+  }
+  return best;
+}
+
+// Flattens a YAML mapping into "a.b.c" → scalar/sequence nodes. A data.files entry is a sequence of
+// maps and stays whole (its field parses it).
+void flatten(const YAML::Node& n, const std::string& prefix, std::vector<std::pair<std::string, YAML::Node>>* out,
+             const std::vector<Field>& fields) {
+  const bool is_field = std::any_of(fields.begin(), fields.end(), [&](const Field& f) { return f.key == prefix; });
+  if (n.IsMap() && !is_field) {
+    for (const auto& kv : n) flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(), out, fields);
+  } else {
+    out->emplace_back(prefix, n);
+  }
+}
+
+void validate(const Recipe& r, Problems& p) {
+  auto positive = [&](const std::string& key, double v) {
+    if (!(v > 0)) p.add(key, "must be positive, found " + yaml_number(v));
+  };
+  if (r.model.path.empty()) p.add("model.path", "missing (the Hugging Face model directory to fine-tune)");
+  const std::vector<std::string> known = {"all-linear", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  if (r.model.target_modules.empty()) p.add("model.target_modules", "must name at least one module");
+  for (const auto& m : r.model.target_modules)
+    if (std::find(known.begin(), known.end(), m) == known.end())
+      p.add("model.target_modules", "unknown module '" + m + "' (expected all-linear or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
+  const int64_t bs = r.quantization.blocksize;
+  if (bs < 32 || bs > 4096 || (bs & (bs - 1)) != 0) p.add("quantization.blocksize", "must be a power of two in [32, 4096], found " + std::to_string(bs));
+  positive("lora.r", static_cast<double>(r.lora.r));
+  positive("lora.alpha", r.lora.alpha);
+  if (r.lora.dropout < 0 || r.lora.dropout >= 1) p.add("lora.dropout", "must be in [0, 1), found " + yaml_number(r.lora.dropout));
+  if (r.lora.dtype == DtypeChoice::kAuto) p.add("lora.dtype", "must be float32 or bfloat16 (master weights)");
+  positive("training.micro_batch_size", static_cast<double>(r.training.micro_batch_size));
+  positive("training.gradient_accumulation", static_cast<double>(r.training.gradient_accumulation));
+  if (r.training.max_steps < 0) p.add("training.max_steps", "must be >= 0");
+  if (r.training.max_steps == 0) positive("training.epochs", r.training.epochs);
+  positive("training.learning_rate", r.training.learning_rate);
+  if (r.training.warmup_steps < 0) p.add("training.warmup_steps", "must be >= 0");
+  if (r.training.max_grad_norm < 0) p.add("training.max_grad_norm", "must be >= 0 (0 disables clipping)");
+  if (r.training.weight_decay < 0) p.add("training.weight_decay", "must be >= 0");
+  if (r.optimizer.name != "adamw") p.add("optimizer.name", "'" + r.optimizer.name + "' is not supported (expected adamw)");
+  if (r.optimizer.bits != 32) p.add("optimizer.bits", "only 32-bit optimizer state is implemented so far, found " + std::to_string(r.optimizer.bits));
+  if (r.optimizer.beta1 < 0 || r.optimizer.beta1 >= 1) p.add("optimizer.beta1", "must be in [0, 1)");
+  if (r.optimizer.beta2 < 0 || r.optimizer.beta2 >= 1) p.add("optimizer.beta2", "must be in [0, 1)");
+  positive("optimizer.eps", r.optimizer.eps);
+  positive("schedule.log_every", static_cast<double>(r.schedule.log_every));
+  for (auto [k, v] : {std::pair<const char*, int64_t>{"schedule.eval_every", r.schedule.eval_every}, {"schedule.save_every", r.schedule.save_every},
+                      {"schedule.keep_last", r.schedule.keep_last}, {"schedule.eval_batches", r.schedule.eval_batches}})
+    if (v < 0) p.add(k, "must be >= 0");
+  validate_data(r.data, p);
+}
+
+// ---- the data section: fields of data/data_config.h ----
+
+// A file entry is a path, or {path, weight, format}.
+bool parse_files(const YAML::Node& n, std::vector<DataFile>* out, std::string* why) {
+  out->clear();
+  if (n.IsNull()) return true;
+  std::vector<YAML::Node> entries;  // a single entry may be written without the list
+  if (n.IsSequence()) {
+    for (const auto& e : n) entries.push_back(e);
+  } else {
+    entries.push_back(n);
+  }
+  for (const auto& e : entries) {
+    DataFile f;
+    if (e.IsScalar()) {
+      f.path = e.Scalar();
+    } else if (e.IsMap()) {
+      for (const auto& kv : e) {
+        const std::string k = kv.first.Scalar();
+        if (k == "path") {
+          if (!parse_value(kv.second, &f.path, why)) return *why = "path: " + *why, false;
+        } else if (k == "weight") {
+          if (!parse_value(kv.second, &f.weight, why)) return *why = "weight: " + *why, false;
+          if (!(f.weight > 0)) return *why = "weight must be positive", false;
+        } else if (k == "format") {
+          try {
+            f.format = parse_data_format(kv.second.Scalar(), "format");
+          } catch (const UsageError& e2) {
+            return *why = e2.what(), false;
+          }
+        } else {
+          return *why = "unknown file key '" + k + "' (expected path, weight, format)", false;
+        }
+      }
+      if (f.path.empty()) return *why = "a file entry needs a path", false;
+    } else {
+      return *why = "expected a path or {path, weight, format}", false;
+    }
+    out->push_back(f);
+  }
+  return true;
+}
+
+std::string show_files(const std::vector<DataFile>& files) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    const auto& f = files[i];
+    s += (i ? ", " : "") + std::string("{path: ") + yaml_scalar(f.path.string()) + ", weight: " + yaml_number(f.weight);
+    if (f.format) s += ", format: " + to_string(*f.format);
+    s += "}";
+  }
+  return s + "]";
+}
+
+template <class E>
+Field data_enum(const std::string& key, E DataConfig::*member, E (*parse)(std::string_view, std::string_view),
+                std::string (*show)(E)) {
+  return {"data." + key,
+          [=](const YAML::Node& n, Recipe& r, std::string* why) {
+            if (!n.IsScalar()) return *why = "expected a name", false;
+            try {
+              r.data.*member = parse(n.Scalar(), "data." + key);
+            } catch (const UsageError& e) {
+              *why = e.what();
+              return false;
+            }
+            return true;
+          },
+          [=](const Recipe& r) { return show(r.data.*member); }};
+}
+
+std::vector<Field> data_fields() {
+  std::vector<Field> f = {
+      {"data.files", [](const YAML::Node& n, Recipe& r, std::string* why) { return parse_files(n, &r.data.files, why); },
+       [](const Recipe& r) { return show_files(r.data.files); }},
+      {"data.eval_files", [](const YAML::Node& n, Recipe& r, std::string* why) { return parse_files(n, &r.data.eval_files, why); },
+       [](const Recipe& r) { return show_files(r.data.eval_files); }},
+      data_enum<DataFormat>("format", &DataConfig::format, &parse_data_format, [](DataFormat v) { return to_string(v); }),
+      data_enum<ChatTemplateName>("template_name", &DataConfig::template_name, &parse_chat_template_name,
+                                  [](ChatTemplateName v) { return to_string(v); }),
+      data_enum<TrainOn>("train_on", &DataConfig::train_on, &parse_train_on, [](TrainOn v) { return to_string(v); }),
+      data_enum<OnError>("on_error", &DataConfig::on_error, &parse_on_error, [](OnError v) { return to_string(v); }),
+      QT_F(int64_t, "data.source_max_len", data.source_max_len, show_i64),
+      QT_F(int64_t, "data.target_max_len", data.target_max_len, show_i64),
+      QT_F(int64_t, "data.max_seq_len", data.max_seq_len, show_i64),
+      QT_F(bool, "data.packing", data.packing, show_bool),
+      QT_F(bool, "data.group_by_length", data.group_by_length, show_bool),
+      QT_F(double, "data.eval_fraction", data.eval_fraction, show_f64),
+      QT_F(std::filesystem::path, "data.cache_dir", data.cache_dir, show_path),
+      QT_F(uint64_t, "data.seed", data.seed, show_u64),
+      {"data.sharegpt_role_map",
+       [](const YAML::Node& n, Recipe& r, std::string* why) {
+         r.data.sharegpt_role_map.clear();
+         if (n.IsNull()) return true;
+         if (!n.IsMap()) return *why = "expected a mapping from -> role", false;
+         for (const auto& kv : n) r.data.sharegpt_role_map[kv.first.Scalar()] = kv.second.Scalar();
+         return true;
+       },
+       [](const Recipe& r) {
+         std::string s = "{";
+         for (const auto& [k, v] : r.data.sharegpt_role_map) s += (s.size() > 1 ? ", " : "") + yaml_scalar(k) + ": " + yaml_scalar(v);
+         return s + "}";
+       }},
+  };
+  return f;
+}
+
+void validate_data(const DataConfig& d, Problems& p) {
+  if (d.files.empty()) p.add("data.files", "missing (at least one dataset file)");
+  for (const auto& [key, msg] : data_config_problems(d)) p.add("data." + key, msg);
+}
+
+}  // namespace
+
+Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path.string());
+  } catch (const YAML::BadFile&) {
+    throw UsageError(path.string() + ": cannot read the recipe");
+  } catch (const YAML::ParserException& e) {
+    throw UsageError(path.string() + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+  }
+  if (!root.IsMap()) throw UsageError(path.string() + ": a recipe is a YAML mapping of sections (model, lora, data, training, ...)");
+
+  const std::vector<Field> fields = all_fields();
+  Recipe r;
+  r.source = path;
+  Problems p{path.string(), {}};
+  auto apply = [&](const std::string& key, const YAML::Node& node, const std::string& where) {
+    auto it = std::find_if(fields.begin(), fields.end(), [&](const Field& f) { return f.key == key; });
+    if (it == fields.end()) {
+      p.list.push_back(where + ": unknown key '" + key + "' (did you mean '" + nearest_key(key, fields) + "'?)");
+      return;
+    }
+    std::string why;
+    if (!it->set(node, r, &why)) p.list.push_back(where + ": " + key + ": " + why);
+  };
+  std::vector<std::pair<std::string, YAML::Node>> flat;
+  flatten(root, "", &flat, fields);
+  for (const auto& [key, node] : flat) apply(key, node, path.string() + ":" + std::to_string(node.Mark().line + 1));
+  for (const auto& o : overrides) {
+    const auto eq = o.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      p.list.push_back("--set '" + o + "': expected key=value, e.g. training.learning_rate=1e-4");
+      continue;
+    }
+    YAML::Node v;
+    try {
+      v = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      p.list.push_back("--set '" + o + "': value is not valid YAML: " + e.msg);
+      continue;
+    }
+    apply(o.substr(0, eq), v, "--set");
+  }
+  if (p.list.empty()) validate(r, p);
+  if (!p.list.empty()) {
+    std::string msg = "the recipe has " + std::to_string(p.list.size()) + " problem" + (p.list.size() > 1 ? "s" : "") + ":";
+    for (const auto& m : p.list) msg += "\n  " + m;
+    throw UsageError(msg);
+  }
+  return r;
+}
+
+std::string recipe_to_yaml(const Recipe& r) {
+  std::string out, section;
+  for (const auto& f : all_fields()) {
+    const auto dot = f.key.find('.');
+    const std::string sec = dot == std::string::npos ? "" : f.key.substr(0, dot);
+    if (sec != section) {
+      section = sec;
+      if (!sec.empty()) out += sec + ":\n";
+    }
+    out += (sec.empty() ? f.key : "  " + f.key.substr(dot + 1)) + ": " + f.get(r) + "\n";
+  }
+  return out;
+}
+
+std::string recipe_hash(const Recipe& r) {
+  // FNV-1a over every resolved value except those a resumed run may change (intervals, output dir).
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& f : all_fields()) {
+    if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir") continue;
+    for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace qtrain

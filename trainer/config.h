@@ -1,0 +1,103 @@
+// Recipes: YAML parsed once into typed structs (design.md §11). Every default lives in these structs;
+// strings become enums at the boundary; unknown keys, wrong types and impossible values are all
+// reported together, each with the file, the key and (for unknown keys) the nearest valid key.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/data_config.h"
+#include "ops/nf4.h"
+
+namespace qtrain {
+
+enum class DtypeChoice { kAuto, kFloat32, kBFloat16 };  // auto: bf16 on CUDA, fp32 on CPU
+enum class DeviceChoice { kAuto, kCpu, kCuda };         // auto: CUDA when available
+enum class Schedule { kConstant, kLinear, kCosine };
+enum class NanPolicy { kStop, kSkip };
+
+struct ModelSection {
+  std::filesystem::path path;                      // Hugging Face model directory
+  std::vector<std::string> target_modules = {"all-linear"};  // or a subset of q_proj … down_proj
+  // Quickstart only: when `path` does not exist, create a small random Llama + tokenizer there.
+  bool create_if_missing = false;
+};
+
+struct QuantizationSection {
+  bool enabled = true;  // false: the base stays dense (in the compute dtype)
+  ops::QuantType quant_type = ops::QuantType::kNF4;
+  bool double_quant = true;
+  int64_t blocksize = 64;
+};
+
+struct LoraSection {
+  int64_t r = 16;
+  double alpha = 32;
+  double dropout = 0.05;
+  bool rslora = false;
+  std::optional<uint64_t> init_seed;  // default: training.seed
+  DtypeChoice dtype = DtypeChoice::kFloat32;  // master weights (the paper used bf16)
+};
+
+struct TrainingSection {
+  int64_t micro_batch_size = 1;
+  int64_t gradient_accumulation = 16;
+  int64_t max_steps = 0;  // optimizer steps; 0 = run `epochs` epochs
+  double epochs = 1;
+  double learning_rate = 2e-4;
+  Schedule schedule = Schedule::kConstant;
+  int64_t warmup_steps = 0;
+  double max_grad_norm = 0.3;  // 0 = no clipping
+  double weight_decay = 0.0;
+  uint64_t seed = 42;
+  bool recompute = true;
+  DtypeChoice compute_dtype = DtypeChoice::kAuto;
+  DeviceChoice device = DeviceChoice::kAuto;
+  NanPolicy on_nan = NanPolicy::kStop;
+};
+
+struct OptimizerSection {
+  std::string name = "adamw";  // the only one so far
+  int64_t bits = 32;           // 32 (8-bit state arrives with the paged/8-bit optimizer issue)
+  bool paged = false;          // accepted; paging arrives with that issue, state stays on the device
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+};
+
+struct ScheduleSection {
+  int64_t log_every = 10;   // optimizer steps between log lines
+  int64_t eval_every = 0;   // 0 = at the end only
+  int64_t save_every = 0;   // 0 = at the end only
+  int64_t keep_last = 3;    // checkpoints kept
+  int64_t eval_batches = 0;  // 0 = the whole held-out split
+};
+
+struct Recipe {
+  std::filesystem::path source;  // the YAML file
+  ModelSection model;
+  QuantizationSection quantization;
+  LoraSection lora;
+  DataConfig data;
+  TrainingSection training;
+  OptimizerSection optimizer;
+  ScheduleSection schedule;
+  std::filesystem::path output_dir = "runs/qtrain";
+};
+
+// Loads `path`, applies `overrides` ("training.learning_rate=1e-4", as given to --set), validates.
+// Relative paths in the recipe resolve against the current directory (recipes document the command
+// they are run with). Throws UsageError listing every problem found.
+Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
+
+// The resolved recipe as YAML (every key, defaults included): --print-config and the run directory.
+std::string recipe_to_yaml(const Recipe& r);
+
+// Stable hash of the resolved recipe (resume refuses a checkpoint made with another config).
+std::string recipe_hash(const Recipe& r);
+
+}  // namespace qtrain

@@ -59,19 +59,27 @@ struct FrozenInputs {
   double scale;
 };
 
+// y = x·deq(W)ᵀ + b + s·(mask⊙x)·Aᵀ·Bᵀ; h = (mask⊙x)·Aᵀ [T, r] is returned for backward.
+at::Tensor qlora_forward(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const FrozenInputs& f,
+                         at::Tensor* h_out) {
+  const at::Tensor w = dequantize_as(*f.weight, x.scalar_type());  // [N, K], dropped after this call
+  at::Tensor y = f.bias.defined() ? at::addmm(f.bias.to(x.scalar_type()), x, w.t()) : at::mm(x, w.t());
+  const at::Tensor xd = (f.mask.defined() ? x * f.mask : x).to(A.scalar_type());  // [T, K]
+  const at::Tensor h = at::mm(xd, A.t());                                        // [T, r]
+  y.add_(at::mm(h, B.t()).mul_(f.scale).to(y.scalar_type()));
+  if (h_out) *h_out = h;
+  return y;
+}
+
 struct QLoraLinearFunction : public torch::autograd::Function<QLoraLinearFunction> {
   // x [T, K]; A [r, K]; B [N, r].
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& A, const at::Tensor& B,
                             const FrozenInputs* frozen) {
     const QuantState* weight = frozen->weight;
-    const at::Tensor& bias = frozen->bias;
     const at::Tensor& mask = frozen->mask;
     const double scale = frozen->scale;
-    const at::Tensor w = dequantize_as(*weight, x.scalar_type());  // [N, K], dropped after this call
-    at::Tensor y = bias.defined() ? at::addmm(bias.to(x.scalar_type()), x, w.t()) : at::mm(x, w.t());
-    const at::Tensor xd = (mask.defined() ? x * mask : x).to(A.scalar_type());  // [T, K]
-    const at::Tensor h = at::mm(xd, A.t());                                    // [T, r]
-    y.add_(at::mm(h, B.t()).mul_(scale).to(y.scalar_type()));
+    at::Tensor h;  // [T, r]
+    at::Tensor y = qlora_forward(x, A, B, *frozen, &h);
     save_state(ctx, *weight);
     ctx->saved_data["scale"] = scale;
     ctx->save_for_backward({x, A, B, mask, h});
@@ -169,6 +177,8 @@ at::Tensor qlora_linear(const at::Tensor& x, const QLoraLinearArgs& args) {
   std::vector<int64_t> out_shape = x.sizes().vec();
   out_shape.back() = N;
   const FrozenInputs frozen{args.weight, args.bias, mask2, args.scale};
+  // Without grad (evaluation, generation) there is no graph to build: plain forward math.
+  if (!at::GradMode::is_enabled()) return qlora_forward(x2, args.A, args.B, frozen, nullptr).reshape(out_shape);
   return QLoraLinearFunction::apply(x2, args.A, args.B, &frozen).reshape(out_shape);
 }
 

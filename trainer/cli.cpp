@@ -19,11 +19,13 @@ struct Verb {
 
 // The one table of verbs: dispatch and the help text both come from it.
 const Verb kVerbs[] = {
+    {"train", run_train, "fine-tune with QLoRA as a recipe says (also: qtrain RECIPE.yaml)"},
     {"inspect", run_inspect, "describe a model directory: architecture, parameters, shards, memory in bf16 and NF4"},
     {"forward", run_forward, "run the forward pass on token ids and write the logits to a safetensors file"},
     {"tokenize", run_tokenize, "encode text to token ids (or decode ids) with a model directory's tokenizer"},
     {"quantize", run_quantize, "write a bitsandbytes 4-bit (NF4/FP4) checkpoint that transformers loads"},
     {"dequantize", run_dequantize, "write a dense checkpoint from a 4-bit one"},
+    {"data", run_data, "preview or count a dataset as a recipe tokenizes it: qtrain data preview|stats RECIPE"},
 };
 
 void print_help(std::ostream& os) {
@@ -52,6 +54,8 @@ int run(const std::vector<std::string>& args) {
     }
     for (const auto& v : kVerbs)
       if (verb == v.name) return v.run(std::vector<std::string>(args.begin() + 1, args.end()));
+    // `qtrain RECIPE.yaml ...` is `qtrain train RECIPE.yaml ...`
+    if (verb.size() > 5 && (verb.ends_with(".yaml") || verb.ends_with(".yml"))) return run_train(args);
     std::string names;
     for (const auto& v : kVerbs) names += std::string(names.empty() ? "" : ", ") + v.name;
     throw UsageError("unknown verb '" + verb + "' (verbs: " + names + "; see qtrain --help)");

@@ -11,10 +11,12 @@ namespace qtrain::cli {
 // args = argv[1..]. Never throws: prints the error to stderr and returns the exit code.
 int run(const std::vector<std::string>& args);
 
+int run_train(const std::vector<std::string>& args);
 int run_inspect(const std::vector<std::string>& args);
 int run_forward(const std::vector<std::string>& args);
 int run_tokenize(const std::vector<std::string>& args);
 int run_quantize(const std::vector<std::string>& args);
 int run_dequantize(const std::vector<std::string>& args);
+int run_data(const std::vector<std::string>& args);
 
 }  // namespace qtrain::cli

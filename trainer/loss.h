@@ -1,0 +1,24 @@
+// Token-weighted causal-LM cross-entropy. The loss of an optimizer step is the mean over ALL its target
+// tokens (every micro-batch, every rank), so each micro-batch contributes sum(CE) / step_tokens and
+// k micro-batches of b rows give exactly the loss and gradients of one batch of k·b rows.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "trainer/model.h"
+
+namespace qtrain {
+
+struct LossSum {
+  at::Tensor sum;        // scalar fp32: Σ CE over the batch's target tokens (differentiable)
+  at::Tensor correct;    // scalar int64: targets whose argmax prediction is right (no grad)
+  int64_t tokens = 0;    // target tokens counted
+};
+
+// hidden [B, T, H] from LlamaModel::hidden_states, labels [B, T] (labels[t] is position t's own token,
+// -100 = untrained): predicts labels[:, 1:] from hidden[:, :-1], in fp32, in chunks of rows so the
+// [tokens, vocab] logits never exist all at once.
+LossSum causal_lm_loss(const LlamaModel& model, const at::Tensor& hidden, const at::Tensor& labels,
+                       int64_t chunk_tokens = 4096);
+
+}  // namespace qtrain

@@ -1,0 +1,71 @@
+#include "trainer/metrics_log.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <iostream>
+#include <sstream>
+
+namespace qtrain {
+
+MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, bool append)
+    : enabled_(enabled), tty_(isatty(fileno(stderr)) != 0), total_(total_steps) {
+  if (enabled_) out_.open(jsonl, append ? std::ios::app : std::ios::trunc);
+}
+
+MetricsLog::~MetricsLog() {
+  if (live_) std::cerr << "\n";
+}
+
+void MetricsLog::record(const std::string& kind, int64_t step, const std::map<std::string, double>& values) {
+  if (!enabled_) return;
+  std::ostringstream j;
+  j.precision(8);
+  j << "{\"kind\": \"" << kind << "\", \"step\": " << step;
+  for (const auto& [k, v] : values) {
+    j << ", \"" << k << "\": ";
+    if (std::isfinite(v)) j << v; else j << "null";  // JSON has no NaN
+  }
+  j << "}\n";
+  out_ << j.str();
+  out_.flush();
+
+  auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? NAN : it->second; };
+  char line[256];
+  if (kind == "train") {
+    const double eta = get("eta_s");
+    std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad %.3f  %.0f tok/s  mem %.0f MiB  eta %dm%02ds",
+                  static_cast<long long>(step), static_cast<long long>(total_), get("loss"), get("lr"), get("grad_norm"),
+                  get("tokens_per_s"), get("peak_mem_mib"), static_cast<int>(eta / 60), static_cast<int>(std::fmod(eta, 60)));
+    if (tty_) {
+      std::cerr << "\r\033[K" << line << std::flush;
+      live_ = true;
+    } else {
+      std::cerr << line << "\n";
+    }
+  } else {
+    std::string s = kind + " @ step " + std::to_string(step) + ":";
+    for (const auto& [k, v] : values) {
+      char b[64];
+      std::snprintf(b, sizeof b, " %s %.4g", k.c_str(), v);
+      s += b;
+    }
+    message(s);
+  }
+}
+
+void MetricsLog::message(const std::string& text) {
+  if (!enabled_) return;
+  if (live_) std::cerr << "\n";
+  live_ = false;
+  std::cerr << text << "\n";
+}
+
+double peak_host_memory_mib() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux reports KiB
+}
+
+}  // namespace qtrain

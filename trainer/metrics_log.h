@@ -1,0 +1,32 @@
+// Progress for people and numbers for machines, on rank 0: a live line on a terminal (rewritten in
+// place), plain lines otherwise, and every logged value in <run>/metrics.jsonl.
+#pragma once
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+
+namespace qtrain {
+
+class MetricsLog {
+ public:
+  MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, bool append);
+  ~MetricsLog();
+
+  // One record: {"kind": kind, "step": step, ...values}; printed as a progress line when kind == "train".
+  void record(const std::string& kind, int64_t step, const std::map<std::string, double>& values);
+  void message(const std::string& text);  // a plain line (ends the live line first)
+
+ private:
+  bool enabled_, tty_, live_ = false;
+  int64_t total_;
+  std::ofstream out_;
+};
+
+// Peak resident memory of this process, in MiB (getrusage).
+double peak_host_memory_mib();
+
+}  // namespace qtrain

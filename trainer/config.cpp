@@ -177,6 +177,7 @@ std::vector<Field> all_fields() {
       {"lora.init_seed",
        [](const YAML::Node& n, Recipe& r, std::string* why) {
          uint64_t v = 0;
+         if (n.IsNull() || (n.IsScalar() && n.Scalar() == "null")) return r.lora.init_seed.reset(), true;
          if (!parse_value(n, &v, why)) return false;
          r.lora.init_seed = v;
          return true;
@@ -444,7 +445,7 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
     }
     apply(o.substr(0, eq), v, "--set");
   }
-  if (p.list.empty()) validate(r, p);
+  validate(r, p);  // values that failed to parse kept their defaults, so nothing is reported twice
   if (!p.list.empty()) {
     std::string msg = "the recipe has " + std::to_string(p.list.size()) + " problem" + (p.list.size() > 1 ? "s" : "") + ":";
     for (const auto& m : p.list) msg += "\n  " + m;
@@ -471,7 +472,10 @@ std::string recipe_hash(const Recipe& r) {
   // FNV-1a over every resolved value except those a resumed run may change (intervals, output dir).
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
-    if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir") continue;
+    // A resumed run may change its intervals, its output and how long it runs (to train further).
+    if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
+        f.key == "training.epochs")
+      continue;
     for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
   }
   char buf[17];

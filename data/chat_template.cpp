@@ -119,7 +119,7 @@ Chunk render_chat(const ChatTemplate& t, const Conversation& c, const SpecialTex
         std::string content = m.content;
         if (has_system && i == 1) content = "<<SYS>>\n" + turns[0].content + "\n<</SYS>>\n\n" + content;
         if (m.role == Role::kUser) {
-          out.add(sp.bos + "[INST] " + strip(content) + " [/INST]", trained(m) || (has_system && i == 1 && train_all));
+          out.add(sp.bos + "[INST] " + strip(content) + " [/INST]", trained(m));
         } else {
           out.add(" " + strip(content) + " " + sp.eos, trained(m));
         }

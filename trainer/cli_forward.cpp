@@ -11,6 +11,7 @@
 #include "trainer/cli.h"
 #include "trainer/cli_options.h"
 #include "trainer/model.h"
+#include "trainer/peft_adapter.h"
 
 namespace qtrain::cli {
 namespace {
@@ -39,13 +40,14 @@ std::vector<int64_t> parse_ids(const std::string& s) {
 
 int run_forward(const std::vector<std::string>& args) {
   VerbSpec spec;
-  spec.usage = "qtrain forward MODEL_DIR --ids 1,403,407 [--ids ...] [--dtype float32|bfloat16] [--device cpu|cuda] --out FILE.safetensors";
-  std::string model, out, dtype, device, pad_side;
+  spec.usage = "qtrain forward MODEL_DIR --ids 1,403,407 [--ids ...] [--adapter DIR] [--dtype float32|bfloat16] [--device cpu|cuda] --out FILE.safetensors";
+  std::string model, out, dtype, device, pad_side, adapter;
   std::vector<std::string> id_lists;
   spec.options.add_options()
       ("ids", po::value(&id_lists)->required(), "comma-separated token ids; repeat for a padded batch")
       ("dtype", po::value(&dtype)->default_value("float32"), "weights and compute dtype: float32, bfloat16, float16")
       ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
+      ("adapter", po::value(&adapter), "a PEFT LoRA adapter directory to apply")
       ("pad-side", po::value(&pad_side)->default_value("right"), "where a batch is padded: right or left")
       ("out", po::value(&out)->required(), "output safetensors file (float32 tensor 'logits')");
   spec.hidden.add_options()("model", po::value(&model)->required(), "model directory");
@@ -64,7 +66,8 @@ int run_forward(const std::vector<std::string>& args) {
   opts.dtype = parse_dtype_option(dtype, "dtype");
   opts.device = parse_device_option(device, "device");
   if (opts.device.is_cuda() && !at::hasCUDA()) throw UsageError("--device " + device + ": no CUDA device is available");
-  const LlamaModel m = LlamaModel::load(model, opts);
+  LlamaModel m = LlamaModel::load(model, opts);
+  if (!adapter.empty()) apply_peft_adapter(m, adapter);
   const int64_t batch = seqs.size();
   at::Tensor ids = at::zeros({batch, seq}, at::kLong);
   at::Tensor mask = at::zeros({batch, seq}, at::kLong);

@@ -296,7 +296,11 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
               "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
               segment_ids.sizes(), " and ", positions.sizes());
   const RopeTables rope = rope_tables(inv_freq_, positions.to(device(), at::kLong), dtype_);
-  const at::Tensor mask = build_segment_mask(segment_ids.to(device()), config_.sliding_window);
+  // One document per row and no padding is plain causal attention: no mask, so SDPA can take its
+  // is_causal kernels (flash on CUDA), as transformers does for such batches.
+  const at::Tensor seg = segment_ids.to(device());
+  const bool plain = !config_.sliding_window && seg.numel() > 0 && seg.min().item<int64_t>() == 0 && seg.max().item<int64_t>() == 0;
+  const at::Tensor mask = plain ? at::Tensor() : build_segment_mask(seg, config_.sliding_window);
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
   return rms_norm(h, final_norm_);
 }

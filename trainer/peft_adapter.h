@@ -32,4 +32,9 @@ void save_peft_adapter(const std::filesystem::path& dir, const NamedTensors& lor
 // Reads an adapter written by us or by PEFT: the tensors by name, and its config. Throws InputError.
 NamedTensors load_peft_adapter(const std::filesystem::path& dir, AdapterInfo* info);
 
+class LlamaModel;
+// Attaches the adapter in `dir` to `model` (its r, alpha, rsLoRA and target modules; every tensor must
+// match a module of the model by name and shape). dtype: the adapter weights' dtype in the model.
+void apply_peft_adapter(LlamaModel& model, const std::filesystem::path& dir, at::ScalarType dtype = at::kFloat);
+
 }  // namespace qtrain

@@ -182,3 +182,26 @@ def test_peft_loads_qtrain_adapter_with_same_logits(run_qtrain, tmp_path):
     run_qtrain("forward", q, "--adapter", adapter, "--ids", ",".join(map(str, ids[0].tolist())), "--out", out)
     ours = load_file(out)["logits"]
     assert rel(ours, ref) <= 1e-5, rel(ours, ref)
+
+
+@pytest.mark.parametrize("which", ["transformers-made", "shared"])
+def test_nf4_plus_zero_lora_equals_dequantized_forward(run_qtrain, tmp_path, which, request):
+    """Every linear in NF4 + LoRA with B = 0 (PEFT's init) computes exactly the forward pass on the
+    dequantized weights: the LoRA branch adds exact zeros and the base uses the same dequantized W."""
+    if which == "shared":
+        base = request.getfixturevalue("shared_data") / "models" / "llama2c-xs-tok512-hf"
+    else:
+        base = tiny_model_dir(tmp_path)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft = get_peft_model(hf, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, task_type="CAUSAL_LM"))
+    init = tmp_path / "init"
+    peft.save_pretrained(init)  # B = 0
+    q, deq = tmp_path / "nf4", tmp_path / "deq"
+    run_qtrain("quantize", base, "--out", q)
+    run_qtrain("dequantize", q, "--out", deq, "--dtype", "float32")
+    ids = ",".join(str(i) for i in range(1, 40, 3))
+    run_qtrain("forward", q, "--adapter", init, "--ids", ids, "--out", tmp_path / "a.safetensors")
+    run_qtrain("forward", deq, "--ids", ids, "--out", tmp_path / "b.safetensors")
+    a, b = load_file(tmp_path / "a.safetensors")["logits"], load_file(tmp_path / "b.safetensors")["logits"]
+    assert torch.equal(a, b), rel(a, b)

@@ -170,8 +170,10 @@ TEST(Training, RecomputeGivesIdenticalLossAndGradsWithDropout) {
 
 // ---- resume through the CLI, on the quickstart recipe made small ----
 
+// Runs qtrain from the source root, where the recipes' relative paths point.
 int run(const std::string& args, std::string* out = nullptr) {
-  const std::string cmd = std::string(QTRAIN_BINARY) + " " + args + " 2>&1";
+  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const std::string cmd = "cd '" + root.string() + "' && " + std::string(QTRAIN_BINARY) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
   std::string text;

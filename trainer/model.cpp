@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <string>
 
+#include "data/batching.h"
 #include "data/error.h"
 #include "data/safetensors.h"
 #include "ops/qlora_linear.h"
@@ -329,21 +330,14 @@ at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch,
 namespace qtrain {
 
 at::Tensor build_segment_mask(const at::Tensor& segment_ids, std::optional<int64_t> sliding_window) {
-  TORCH_CHECK(segment_ids.dim() == 2, "segment_ids must be [batch, seq], got ", segment_ids.sizes());
-  const int64_t b = segment_ids.size(0), t = segment_ids.size(1);
-  const auto dev = segment_ids.device();
-  auto opts = at::TensorOptions().dtype(at::kLong).device(dev);
-  at::Tensor qi = at::arange(t, opts).view({t, 1});
-  at::Tensor kj = at::arange(t, opts).view({1, t});
-  at::Tensor allowed = kj <= qi;
-  if (sliding_window) allowed = allowed.logical_and(kj > qi - *sliding_window);
-  at::Tensor seg = segment_ids.to(at::kLong);
-  at::Tensor same = seg.view({b, 1, t, 1}) == seg.view({b, 1, 1, t});  // [b, 1, t, t]
-  at::Tensor valid_key = (seg >= 0).view({b, 1, 1, t});
-  allowed = allowed.view({1, 1, t, t}).logical_and(same).logical_and(valid_key);
-  // Padding queries attend to themselves only (no empty rows: they would be NaN in SDPA).
-  at::Tensor diag = at::eye(t, at::TensorOptions().dtype(at::kBool).device(dev)).view({1, 1, t, t});
-  return allowed.logical_or(diag.logical_and((seg < 0).view({b, 1, t, 1}))).contiguous();
+  // Same document and causal (data/batching.h owns that rule), narrowed to the window if the model has one.
+  at::Tensor allowed = segment_attention_mask(segment_ids);  // [b, 1, t, t]
+  if (!sliding_window) return allowed;
+  const int64_t t = segment_ids.size(1);
+  auto opts = at::TensorOptions().dtype(at::kLong).device(segment_ids.device());
+  at::Tensor qi = at::arange(t, opts).view({t, 1}), kj = at::arange(t, opts).view({1, t});
+  at::Tensor diag = at::eye(t, at::TensorOptions().dtype(at::kBool).device(segment_ids.device()));
+  return allowed.logical_and((kj > qi - *sliding_window).logical_or(diag).view({1, 1, t, t})).contiguous();
 }
 
 }  // namespace qtrain

@@ -3,7 +3,13 @@
 // - recompute on/off: identical loss and gradients, dropout included (RNG replay);
 // - bit-exact resume through the CLI: N steps straight == N/2, stop, resume, N/2 (losses and adapter bytes).
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -220,6 +226,40 @@ TEST(Training, ResumeIsBitExact) {
   // A checkpoint from another recipe is refused.
   EXPECT_EQ(run(common + " --set lora.r=8 --set output_dir=" + (tmp / "b").string() + " --resume", &log), 2);
   EXPECT_NE(log.find("different recipe"), std::string::npos) << log;
+  fs::remove_all(tmp);
+}
+
+TEST(Training, SigtermSavesACheckpointAndExitsCleanly) {
+  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path tmp = fs::temp_directory_path() / ("qtrain-sigterm-" + std::to_string(std::random_device{}()));
+  fs::create_directories(tmp);
+  const std::string cmd = "cd '" + root.string() + "' && exec " + std::string(QTRAIN_BINARY) + " recipes/quickstart.yaml" +
+                          " --set model.path=" + (tmp / "base").string() + " --set output_dir=" + (tmp / "run").string() +
+                          " --set training.max_steps=100000 --set schedule.log_every=1 --set schedule.eval_every=0" +
+                          " --set training.micro_batch_size=2 > " + (tmp / "log.txt").string() + " 2>&1";
+  pid_t pid = 0;
+  const char* argv[] = {"/bin/sh", "-c", cmd.c_str(), nullptr};
+  ASSERT_EQ(posix_spawn(&pid, "/bin/sh", nullptr, nullptr, const_cast<char* const*>(argv), environ), 0);
+  // Wait (at most 120 s) until training is under way, then pre-empt it like Slurm does.
+  bool started = false;
+  for (int i = 0; i < 1200 && !started; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::ifstream m(tmp / "run" / "metrics.jsonl");
+    std::string text((std::istreambuf_iterator<char>(m)), {});
+    started = text.find("\"kind\": \"train\"") != std::string::npos;
+  }
+  ASSERT_TRUE(started) << "training never logged a step";
+  kill(pid, SIGTERM);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::ifstream l(tmp / "log.txt");
+  const std::string log((std::istreambuf_iterator<char>(l)), {});
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << log;
+  EXPECT_NE(log.find("stopped by signal 15"), std::string::npos) << log;
+  bool saved = false;
+  for (const auto& e : fs::directory_iterator(tmp / "run" / "checkpoints"))
+    saved |= fs::exists(e.path() / "trainer_state.h5") && fs::exists(e.path() / "adapter" / "adapter_model.safetensors");
+  EXPECT_TRUE(saved) << "no complete checkpoint after SIGTERM";
   fs::remove_all(tmp);
 }
 

@@ -105,6 +105,10 @@ class Trainer {
       return {};
     }
 
+    // Never mix two runs in one directory: a finished or interrupted run is continued or moved aside.
+    if (!opts_.resume && latest_checkpoint(out / "checkpoints"))
+      throw UsageError(out.string() + " already holds checkpoints of a run: continue it with --resume, or choose another "
+                       "output_dir (--set output_dir=...)");
     fs::create_directories(out);
     write_file_atomic(out / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
 

@@ -13,8 +13,6 @@ namespace qtrain {
 namespace {
 namespace fs = std::filesystem;
 
-fs::path source_dir() { return fs::path(QTRAIN_BINARY).parent_path().parent_path() / "recipes"; }
-
 fs::path write_temp(const std::string& text) {
   fs::path p = fs::temp_directory_path() / ("qtrain-recipe-" + std::to_string(std::random_device{}()) + ".yaml");
   std::ofstream(p) << text;
@@ -31,7 +29,7 @@ std::string error_of(const fs::path& p, const std::vector<std::string>& sets = {
 }
 
 TEST(Recipe, EveryShippedRecipeLoadsAndRoundTrips) {
-  fs::path dir = fs::path(__FILE__).parent_path().parent_path().parent_path() / "recipes";
+  fs::path dir = fs::path(QTRAIN_SOURCE_DIR) / "recipes";
   int n = 0;
   for (const auto& e : fs::directory_iterator(dir)) {
     if (e.path().extension() != ".yaml") continue;
@@ -48,7 +46,7 @@ TEST(Recipe, EveryShippedRecipeLoadsAndRoundTrips) {
 }
 
 TEST(Recipe, GuanacoHasTheReferenceValues) {
-  fs::path p = fs::path(__FILE__).parent_path().parent_path().parent_path() / "recipes" / "guanaco.yaml";
+  fs::path p = fs::path(QTRAIN_SOURCE_DIR) / "recipes" / "guanaco.yaml";
   Recipe r = load_recipe(p);
   EXPECT_EQ(r.lora.r, 64);
   EXPECT_DOUBLE_EQ(r.lora.alpha, 16);

@@ -178,7 +178,7 @@ TEST(Training, RecomputeGivesIdenticalLossAndGradsWithDropout) {
 
 // Runs qtrain from the source root, where the recipes' relative paths point.
 int run(const std::string& args, std::string* out = nullptr) {
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path root = fs::path(QTRAIN_SOURCE_DIR);
   const std::string cmd = "cd '" + root.string() + "' && " + std::string(QTRAIN_BINARY) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
@@ -206,7 +206,7 @@ std::string bytes_of(const fs::path& p) {
 }
 
 TEST(Training, ResumeIsBitExact) {
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path root = fs::path(QTRAIN_SOURCE_DIR);
   const fs::path tmp = fs::temp_directory_path() / ("qtrain-resume-" + std::to_string(std::random_device{}()));
   const std::string common = (root / "recipes/quickstart.yaml").string() + " --set model.path=" + (tmp / "base").string() +
                              " --set training.micro_batch_size=4 --set training.gradient_accumulation=2"
@@ -230,7 +230,7 @@ TEST(Training, ResumeIsBitExact) {
 }
 
 TEST(Training, SigtermSavesACheckpointAndExitsCleanly) {
-  const fs::path root = fs::path(__FILE__).parent_path().parent_path().parent_path();
+  const fs::path root = fs::path(QTRAIN_SOURCE_DIR);
   const fs::path tmp = fs::temp_directory_path() / ("qtrain-sigterm-" + std::to_string(std::random_device{}()));
   fs::create_directories(tmp);
   const std::string cmd = "cd '" + root.string() + "' && exec " + std::string(QTRAIN_BINARY) + " recipes/quickstart.yaml" +

@@ -1,6 +1,7 @@
 // CUDA back end of AdamW: one fused element-wise kernel on raw pointers, its launcher taking a cudaStream_t,
 // then the tensor glue. The per-element math is ops/adamw_math.h, shared with the CPU reference, so the kernel
 // and the CPU produce the same bits (every operation an explicit _rn intrinsic: no FMA contraction).
+#include "ops/cuda_check.h"
 #include "ops/adamw.h"
 #include "ops/adamw_math.h"
 
@@ -73,10 +74,6 @@ void launch_adamw_32bit(T* p, const T* g, float* m, float* v, int64_t n, const a
 // Tensor glue.
 // ---------------------------------------------------------------------------------------------------
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, what, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 }  // namespace
 

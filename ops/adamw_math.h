@@ -5,47 +5,14 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define QTRAIN_ADAMW_HD __host__ __device__ __forceinline__
-#else
-#define QTRAIN_ADAMW_HD inline
-#endif
+#include "ops/rounding.h"
 
 namespace qtrain::ops::adamw_math {
 
-// Every operation below is rounded to float32 once (no FMA contraction), so the result is a function of the
-// inputs alone and not of the compiler. Device code uses the _rn intrinsics, which nvcc never fuses; host code
-// relies on the x86-64 baseline having no FMA instruction to contract into (an FMA-capable host target, e.g.
-// aarch64 or -march=native, would need -ffp-contract=off on ops/adamw_cpu.cpp: the reference-vs-fast and
-// CPU-vs-CUDA tests would catch the difference).
-QTRAIN_ADAMW_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-QTRAIN_ADAMW_HD float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-QTRAIN_ADAMW_HD float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-QTRAIN_ADAMW_HD float sqrt_rn(float a) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(a);
-#else
-  return std::sqrt(a);  // IEEE 754 requires a correctly rounded sqrt: same bits as __fsqrt_rn
-#endif
-}
+using rounding::add_rn;
+using rounding::div_rn;
+using rounding::mul_rn;
+using rounding::sqrt_rn;
 
 // The per-step scalars, computed once on the host in double from the double hyper-parameters and rounded
 // once to float32. bnb's CUDA kernel computes them in float32 with powf on the device; doing it on the host
@@ -84,7 +51,7 @@ inline StepScalars make_step_scalars(double lr, double beta1, double beta2, doub
 // One element of the Adam part, in the order of formats.md §2.4:
 //   g = gnorm_scale*g;  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*(g*g);  p = p + step_size*(m/(sqrt(v) + eps*c2))
 // m and v are updated in place; returns the new p in float32, before it is rounded to the param's dtype.
-QTRAIN_ADAMW_HD float adam_update(float p, float g_in, float& m, float& v, const StepScalars& s) {
+QTRAIN_HD float adam_update(float p, float g_in, float& m, float& v, const StepScalars& s) {
   const float g = mul_rn(s.gnorm_scale, g_in);
   m = add_rn(mul_rn(s.beta1, m), mul_rn(s.one_minus_beta1, g));
   v = add_rn(mul_rn(s.beta2, v), mul_rn(s.one_minus_beta2, mul_rn(g, g)));
@@ -93,6 +60,6 @@ QTRAIN_ADAMW_HD float adam_update(float p, float g_in, float& m, float& v, const
 
 // Decoupled weight decay, applied AFTER the Adam step to the param already rounded to its dtype (bnb's
 // p_vals is of the param's type T, so a bf16 param is rounded after the step and again after the decay).
-QTRAIN_ADAMW_HD float decay_update(float p_rounded, const StepScalars& s) { return mul_rn(p_rounded, s.decay); }
+QTRAIN_HD float decay_update(float p_rounded, const StepScalars& s) { return mul_rn(p_rounded, s.decay); }
 
 }  // namespace qtrain::ops::adamw_math

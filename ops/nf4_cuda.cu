@@ -1,5 +1,6 @@
 // CUDA back end of NF4/FP4: kernels on raw pointers, launchers taking a cudaStream_t, then the tensor glue with
 // every check. The per-element math is ops/nf4_math.h, shared with the CPU reference.
+#include "ops/cuda_check.h"
 #include "ops/nf4.h"
 #include "ops/nf4_math.h"
 
@@ -189,10 +190,6 @@ void launch_dequantize_4bit(const DequantArgs& a, T* out, cudaStream_t stream) {
 // Tensor glue.
 // ---------------------------------------------------------------------------------------------------
 
-void check_launch(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  TORCH_CHECK(err == cudaSuccess, what, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
-}
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 

@@ -4,38 +4,15 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define QTRAIN_HD __host__ __device__ __forceinline__
-#else
-#define QTRAIN_HD inline
-#endif
+#include "ops/rounding.h"
 
 namespace qtrain::ops::nf4_math {
 
-// Every product/sum below must be rounded once per operation (no FMA contraction), as bitsandbytes
-// computes them with separate torch ops / SSE multiplies. Device code uses the _rn intrinsics, which nvcc
-// never fuses; host code is built for baseline x86-64 / aarch64 without -ffp-contract=fast FMA targets.
-QTRAIN_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-QTRAIN_HD float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-QTRAIN_HD float div_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
+// Every product/sum below is rounded once per operation (no FMA contraction), as bitsandbytes computes
+// them with separate torch ops / SSE multiplies (ops/rounding.h).
+using rounding::add_rn;
+using rounding::div_rn;
+using rounding::mul_rn;
 
 // The 4-bit code tables (formats.md §1.1, §1.2), index = 4-bit code. FP4 is bnb's raw list divided by 12
 // in float32 (get_4bit_type), which is what these literals round to.

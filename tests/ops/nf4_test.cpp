@@ -292,7 +292,9 @@ TEST(Nf4Gpu, CudaKernelsEqualCpuReference) {
           ASSERT_TRUE(at::equal(c.packed, g.packed.cpu())) << "packed " << where;
           ASSERT_TRUE(at::equal(c.absmax, g.absmax.cpu())) << "absmax " << where;
           ASSERT_EQ(bits(c.nested_offset), bits(g.nested_offset)) << where;
-          if (p.double_quant) ASSERT_TRUE(at::equal(c.nested_absmax, g.nested_absmax.cpu())) << where;
+          if (p.double_quant) {
+            ASSERT_TRUE(at::equal(c.nested_absmax, g.nested_absmax.cpu())) << where;
+          }
           for (const at::ScalarType out_t : {at::kFloat, at::kBFloat16, at::kHalf}) {
             const at::Tensor dc = qtrain::ops::dequantize_4bit(c, out_t);
             const at::Tensor dg = qtrain::ops::dequantize_4bit(g, out_t);

@@ -26,7 +26,8 @@ at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
   at::Tensor mask;  // like x; drawn from the context's generator so recompute can replay it
   if (ctx && ctx->training && lora->dropout > 0) {
     TORCH_CHECK(ctx->dropout_gen.defined(), "LoRA dropout needs RunContext::dropout_gen");
-    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, x.scalar_type());
+    // Drawn from the run's (CPU) generator so recompute and resume replay it exactly, then moved.
+    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, x.scalar_type()).to(x.device());
   }
   if (qweight) {
     ops::QLoraLinearArgs a;

@@ -63,7 +63,9 @@ std::shared_ptr<File> File::open(const fs::path& path) {
   f->path_ = path;
   f->size_ = static_cast<uint64_t>(st.st_size);
   if (f->size_ > 0) {
-    f->map_ = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    // Copy-on-write: tensors over the mapping may be written by mistake (an in-place op on a weight);
+    // that must change only this process's pages, never crash and never touch the file.
+    f->map_ = ::mmap(nullptr, f->size_, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     if (f->map_ == MAP_FAILED) {
       const int err = errno;
       f->map_ = nullptr;

@@ -31,7 +31,7 @@ class File {
   std::vector<std::string> names() const;  // in file order
   bool contains(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws InputError naming file + tensor
-  // Zero-copy CPU tensor over the mapping; do not write into it.
+  // Zero-copy CPU tensor over the (copy-on-write) mapping: writes stay private to this process.
   at::Tensor tensor(const std::string& name) const;
 
  private:

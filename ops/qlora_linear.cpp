@@ -147,7 +147,9 @@ LoraWeights init_lora(int64_t in_features, int64_t out_features, const LoraConfi
 at::Tensor lora_dropout_mask(at::IntArrayRef x_shape, double p, at::Generator gen, at::ScalarType dtype) {
   TORCH_CHECK(p >= 0.0 && p < 1.0, "lora_dropout_mask: p must be in [0, 1), found ", p);
   if (p == 0.0) return at::Tensor();
-  const at::Tensor keep = at::empty(x_shape, at::TensorOptions().dtype(at::kFloat)).bernoulli_(1.0 - p, gen);
+  // On the generator's device: a CUDA run draws its masks on the GPU (no host RNG, no copy).
+  const at::Tensor keep =
+      at::empty(x_shape, at::TensorOptions().dtype(at::kFloat).device(gen.device())).bernoulli_(1.0 - p, gen);
   return keep.div_(1.0 - p).to(dtype);
 }
 

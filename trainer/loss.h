@@ -21,4 +21,10 @@ struct LossSum {
 LossSum causal_lm_loss(const LlamaModel& model, const at::Tensor& hidden, const at::Tensor& labels,
                        int64_t chunk_tokens = 4096);
 
+// Training form: runs backward of scale·Σ CE all the way through the model, one chunk of the LM head at
+// a time, so only one chunk's [n, vocab] fp32 logits ever exist (with autograd they would otherwise all
+// be kept until backward: 16k tokens × a 128k vocabulary is 8 GiB). Returns the loss sum (no grad).
+LossSum causal_lm_loss_backward(const LlamaModel& model, const at::Tensor& hidden, const at::Tensor& labels,
+                                double scale, int64_t chunk_tokens = 4096);
+
 }  // namespace qtrain

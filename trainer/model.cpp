@@ -26,8 +26,10 @@ at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
   at::Tensor mask;  // like x; drawn from the context's generator so recompute can replay it
   if (ctx && ctx->training && lora->dropout > 0) {
     TORCH_CHECK(ctx->dropout_gen.defined(), "LoRA dropout needs RunContext::dropout_gen");
-    // Drawn from the run's (CPU) generator so recompute and resume replay it exactly, then moved.
-    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, x.scalar_type()).to(x.device());
+    // From the run's generator (on the training device) so recompute and resume replay it exactly; in
+    // the adapter dtype, so 1/(1-p) and x·mask are not rounded to bf16 (PEFT applies dropout after
+    // casting x to the LoRA dtype).
+    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, lora->A.scalar_type()).to(x.device());
   }
   if (qweight) {
     ops::QLoraLinearArgs a;
@@ -286,7 +288,8 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
   at::Tensor pos = positions.defined() ? positions.to(device(), at::kLong)
                                        : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
-  const at::Tensor mask = build_attention_mask(attention_mask, b, t, config_.sliding_window, device());
+  const auto window = config_.sliding_window && *config_.sliding_window < t ? config_.sliding_window : std::nullopt;
+  const at::Tensor mask = build_attention_mask(attention_mask, b, t, window, device());
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);  // [batch, seq, hidden]
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
 }
@@ -301,8 +304,10 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
   // One document per row and no padding is plain causal attention: no mask, so SDPA can take its
   // is_causal kernels (flash on CUDA), as transformers does for such batches.
   const at::Tensor seg = segment_ids.to(device());
-  const bool plain = !config_.sliding_window && seg.numel() > 0 && seg.min().item<int64_t>() == 0 && seg.max().item<int64_t>() == 0;
-  const at::Tensor mask = plain ? at::Tensor() : build_segment_mask(seg, config_.sliding_window);
+  // A window no shorter than the row changes nothing: leave it out so the causal fast path stays open.
+  const auto window = config_.sliding_window && *config_.sliding_window < seg.size(1) ? config_.sliding_window : std::nullopt;
+  const bool plain = !window && seg.numel() > 0 && seg.min().item<int64_t>() == 0 && seg.max().item<int64_t>() == 0;
+  const at::Tensor mask = plain ? at::Tensor() : build_segment_mask(seg, window);
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
   return rms_norm(h, final_norm_);
 }

@@ -1,6 +1,7 @@
 #include "trainer/train.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 
 #include <chrono>
 #include <cmath>
@@ -131,7 +132,14 @@ class Trainer {
     model_->add_lora(spec, at::make_generator<at::CPUGeneratorImpl>(r_.lora.init_seed.value_or(r_.training.seed)));
     params_ = model_->lora_parameters();
     for (const auto& [name, p] : params_) states_.push_back(ops::make_adamw_state(p));
-    dropout_gen_ = at::make_generator<at::CPUGeneratorImpl>(r_.training.seed + 1);
+    // The dropout stream lives on the training device (masks drawn where they are used); its state is
+    // saved in checkpoints and replayed by recompute either way.
+    if (dev_.device.is_cuda()) {
+      dropout_gen_ = at::globalContext().defaultGenerator(dev_.device).clone();
+      dropout_gen_.set_current_seed(r_.training.seed + 1);
+    } else {
+      dropout_gen_ = at::make_generator<at::CPUGeneratorImpl>(r_.training.seed + 1);
+    }
 
     Loader loader(ds.train, r_.training.micro_batch_size, dcfg, dcfg.seed, /*rank=*/0, /*world=*/1);
     const int64_t k = r_.training.gradient_accumulation;
@@ -190,15 +198,14 @@ class Trainer {
       for (const Batch& b : batches) {
         if (b.num_target_tokens == 0) continue;
         at::Tensor hidden = model_->hidden_states(b.input_ids, b.segment_ids, b.positions, &ctx);
-        LossSum ls = causal_lm_loss(*model_, hidden, b.labels);
-        (ls.sum / static_cast<double>(std::max<int64_t>(1, step_tokens))).backward();
+        LossSum ls = causal_lm_loss_backward(*model_, hidden, b.labels, 1.0 / static_cast<double>(std::max<int64_t>(1, step_tokens)));
         loss_sum += ls.sum.item<double>();
       }
       const double loss = step_tokens > 0 ? loss_sum / step_tokens : 0.0;
-      double sq = 0;
+      std::vector<at::Tensor> squares;  // one device sync for the global norm, not one per tensor
       for (auto& [name, p] : params_)
-        if (p.grad().defined()) sq += p.grad().to(at::kDouble).pow(2).sum().item<double>();
-      const double gnorm = std::sqrt(sq);
+        if (p.grad().defined()) squares.push_back(p.grad().to(at::kFloat).pow(2).sum());
+      const double gnorm = squares.empty() ? 0.0 : at::stack(squares).sum().sqrt().item<double>();
       if (!std::isfinite(loss) || !std::isfinite(gnorm)) {
         if (r_.training.on_nan == NanPolicy::kStop) {
           log.message("error: loss or gradient is not finite at step " + std::to_string(step + 1) +
@@ -243,7 +250,7 @@ class Trainer {
     result.interrupted = stop.requested();
     result.steps = step;
     result.final_loss = last_loss;
-    save_checkpoint(out, step, tokens, loader, log);
+    if (step != last_saved_step_) save_checkpoint(out, step, tokens, loader, log);
     if (result.interrupted) {
       log.message("stopped by signal " + std::to_string(stop.signal()) + " at step " + std::to_string(step) +
                   "; resume with: qtrain train " + r_.source.string() + " --resume");
@@ -332,6 +339,7 @@ class Trainer {
     }
     std::sort(all.begin(), all.end());
     for (std::size_t i = 0; i + r_.schedule.keep_last < all.size() && r_.schedule.keep_last > 0; ++i) fs::remove_all(all[i].second);
+    last_saved_step_ = step;
     log.message("checkpoint: " + final_dir.string());
   }
 
@@ -351,6 +359,10 @@ class Trainer {
       if (it == by_name.end() || it->second.sizes() != p.sizes())
         throw InputError(ck.string() + ": adapter tensor '" + name + "' missing or of another shape");
       if (s.optimizer[i].name != name) throw InputError(ck.string() + ": optimizer state " + std::to_string(i) + " is for '" + s.optimizer[i].name + "', expected '" + name + "'");
+      // copy_ would broadcast a wrongly shaped state silently: check first.
+      if (s.optimizer[i].exp_avg.sizes() != p.sizes() || s.optimizer[i].exp_avg_sq.sizes() != p.sizes())
+        throw InputError((ck / "trainer_state.h5").string() + ": optimizer/" + std::to_string(i) + " ('" + name + "') has shape " +
+                         c10::str(s.optimizer[i].exp_avg.sizes()) + ", the parameter " + c10::str(p.sizes()));
       p.copy_(it->second);
       states_[i].exp_avg.copy_(s.optimizer[i].exp_avg);
       states_[i].exp_avg_sq.copy_(s.optimizer[i].exp_avg_sq);
@@ -359,6 +371,7 @@ class Trainer {
     loader->restore(Cursor{s.cursor_epoch, s.cursor_position, s.cursor_seed});
     *step = s.step;
     *tokens = s.tokens;
+    last_saved_step_ = s.step;
   }
 
   const Recipe& r_;
@@ -368,6 +381,7 @@ class Trainer {
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::vector<ops::AdamWState> states_;
   at::Generator dropout_gen_;
+  int64_t last_saved_step_ = -1;  // a step already on disk is not written twice
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 #include "trainer/trainer_state.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <unistd.h>
 
 #include <random>
 
@@ -97,6 +99,7 @@ void save_trainer_state(const fs::path& path, const TrainerState& s) {
   fs::path tmp = path;
   tmp += ".tmp." + std::to_string(std::random_device{}());
   try {
+    try {
     {
       Id f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "create " + tmp.string());
       write_attr_i64(f, "format_version", 1);
@@ -116,6 +119,17 @@ void save_trainer_state(const fs::path& path, const TrainerState& s) {
         write_attr_str(grp, "name", s.optimizer[i].name);
       }
       check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
+    }
+    // H5Fflush reaches the page cache only: fsync before the rename, or a crash could leave an empty
+    // trainer_state.h5 under the final name.
+    const int fd = ::open(tmp.c_str(), O_RDONLY);
+    if (fd < 0 || ::fsync(fd) != 0) {
+      if (fd >= 0) ::close(fd);
+      throw std::runtime_error(tmp.string() + ": cannot fsync the trainer state");
+    }
+    ::close(fd);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(path.string() + ": writing the trainer state failed: " + e.what());
     }
     fs::rename(tmp, path);
   } catch (...) {

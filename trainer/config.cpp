@@ -25,7 +25,7 @@ template <class E>
 std::string enum_name(const Table<E>& t, E v) {
   for (const auto& [e, s] : t)
     if (e == v) return s;
-  return "?";
+  throw std::logic_error("recipe: enum value " + std::to_string(static_cast<int>(v)) + " missing from its name table");
 }
 
 // Collects every problem so the user sees all of them in one run.

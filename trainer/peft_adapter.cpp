@@ -36,7 +36,11 @@ void check_tensors(const NamedTensors& lora, const AdapterInfo& info) {
 }  // namespace
 
 void save_peft_adapter(const fs::path& dir, const NamedTensors& lora, const AdapterInfo& info, at::ScalarType dtype) {
-  check_tensors(lora, info);
+  try {
+    check_tensors(lora, info);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(dir.string() + ": " + e.what());
+  }
   nlohmann::json c;  // std::map-backed: keys come out sorted, as PEFT's json.dumps(sort_keys=True)
   c["alpha_pattern"] = nlohmann::json::object();
   c["auto_mapping"] = nullptr;

@@ -156,6 +156,12 @@ class Trainer {
         if (!latest) throw UsageError("--resume: no checkpoint found in " + ck.string() + " or " + (out / "checkpoints").string());
         ck = *latest;
       }
+      // Resuming an older checkpoint while newer ones of the abandoned continuation exist would mix two
+      // trajectories in one directory (keep-last and the next --resume would pick the stale one).
+      if (auto latest = latest_checkpoint(out / "checkpoints"); latest && fs::weakly_canonical(*latest) != fs::weakly_canonical(ck) &&
+                                                               fs::weakly_canonical(ck.parent_path()) == fs::weakly_canonical(out / "checkpoints"))
+        throw UsageError("--resume " + ck.string() + ": " + latest->string() +
+                         " is newer; resume from it, or move the newer checkpoints away first");
       restore(ck, &loader, &step, &tokens);
       append_log = true;
       std::cerr << "resumed from " << ck.string() << " at step " << step << "\n";
@@ -185,6 +191,7 @@ class Trainer {
     int64_t tokens_since = 0;
     auto t_last = t0;
     double last_loss = NAN;
+    int skipped_in_a_row = 0;
     while (step < total && !stop.requested()) {
       // One optimizer step: k micro-batches, the loss averaged over all their target tokens.
       std::vector<Batch> batches;
@@ -212,10 +219,15 @@ class Trainer {
                       "; stopping (the last checkpoint is intact; training.on_nan: skip would skip such steps)");
           throw Error(ExitCode::kFailure, "non-finite loss at step " + std::to_string(step + 1));
         }
-        log.message("warning: non-finite loss or gradient at step " + std::to_string(step + 1) + "; step skipped");
-        ++step;
+        // Skipped: the batch is consumed but no update happens, so the step counter (schedule, Adam's
+        // bias correction, checkpoints) keeps counting updates. A run that only produces NaN stops.
+        log.message("warning: non-finite loss or gradient at step " + std::to_string(step + 1) + "; batch skipped");
+        if (++skipped_in_a_row > 10)
+          throw Error(ExitCode::kFailure, "more than 10 consecutive non-finite steps at step " + std::to_string(step + 1) +
+                                              "; stopping (the last checkpoint is intact)");
         continue;
       }
+      skipped_in_a_row = 0;
       // Global-norm clipping as transformers does it: scale = max_norm / (norm + 1e-6), capped at 1.
       const double clip = r_.training.max_grad_norm > 0 ? std::min(1.0, r_.training.max_grad_norm / (gnorm + 1e-6)) : 1.0;
       const double lr = learning_rate_at(r_.training.schedule, r_.training.learning_rate, step, r_.training.warmup_steps, total);

@@ -2,6 +2,7 @@
 // then the tensor glue. The per-element math is ops/adamw_math.h, shared with the CPU reference, so the kernel
 // and the CPU produce the same bits (every operation an explicit _rn intrinsic: no FMA contraction).
 #include "ops/cuda_check.h"
+#include "ops/cuda_dtype.cuh"
 #include "ops/adamw.h"
 #include "ops/adamw_math.h"
 
@@ -22,19 +23,9 @@ namespace {
 // Kernel (no torch below this line until the glue section).
 // ---------------------------------------------------------------------------------------------------
 
+using cuda_dtype::to_float;
 template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T round_to(float v);
-template <>
-__device__ __forceinline__ float round_to<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 round_to<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+__device__ __forceinline__ T round_to(float v) { return cuda_dtype::from_float<T>(v); }
 
 // Grid-stride over n elements; one thread owns an element for the whole update, so there is no sharing.
 // The op is memory bound (p, g: 2*sizeof(T), m, v: 16 bytes read + written per element), so plain coalesced

@@ -1,6 +1,7 @@
 // CUDA back end of NF4/FP4: kernels on raw pointers, launchers taking a cudaStream_t, then the tensor glue with
 // every check. The per-element math is ops/nf4_math.h, shared with the CPU reference.
 #include "ops/cuda_check.h"
+#include "ops/cuda_dtype.cuh"
 #include "ops/nf4.h"
 #include "ops/nf4_math.h"
 
@@ -21,23 +22,8 @@ namespace {
 // Kernels (no torch below this line until the glue section).
 // ---------------------------------------------------------------------------------------------------
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v);
-template <>
-__device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+using cuda_dtype::from_float;
+using cuda_dtype::to_float;
 
 // NaN-propagating block max of per-thread partials. blockDim.x is a power of two <= 256.
 __device__ float block_absmax(float am, float* smem) {

@@ -48,10 +48,18 @@ at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
   return (base + at::linear(at::linear(xl, lora->A), lora->B) * lora->scale).to(base.scalar_type());
 }
 
+// Where a model's weights come from: a checkpoint, or a seeded generator (benchmarks of real shapes).
+class WeightSource {
+ public:
+  virtual ~WeightSource() = default;
+  virtual at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const = 0;
+  virtual Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const = 0;
+};
+
 namespace {
 
 // Loads named tensors from a checkpoint, checking shapes against the config.
-class WeightLoader {
+class WeightLoader final : public WeightSource {
  public:
   WeightLoader(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
 
@@ -65,12 +73,12 @@ class WeightLoader {
       throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
                        " but config.json implies " + shape_str(shape));
   }
-  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const {
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
     check(name, shape);
     // Same dtype on CPU: `to` returns the mmapped view itself, so no copy is made.
     return ckpt_.tensor(name).to(opts_.device, opts_.dtype);
   }
-  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const {
+  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const override {
     Linear l;
     const std::string w = prefix + ".weight";
     if (bnb::is_quantized(ckpt_, w)) {
@@ -99,17 +107,56 @@ class WeightLoader {
   const LoadOptions& opts_;
 };
 
+// Random weights at scales that keep activations O(1): norms 1, embeddings N(0, 1), linears
+// N(0, 1/in) drawn on the target device one at a time (quantized right away when asked).
+class RandomWeights final : public WeightSource {
+ public:
+  RandomWeights(const LoadOptions& opts, at::Generator gen) : opts_(opts), gen_(std::move(gen)) {}
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
+    const auto o = at::TensorOptions().dtype(opts_.dtype).device(opts_.device);
+    if (name.find("norm") != std::string::npos) return at::ones(shape, o);
+    // The LM head reads unit-RMS hidden states: 1/sqrt(hidden) keeps the logits O(1).
+    const double std = name.find("lm_head") != std::string::npos ? 1.0 / std::sqrt(static_cast<double>(shape.back())) : 1.0;
+    return at::normal(0.0, std, shape, gen_, o.dtype(at::kFloat)).to(opts_.dtype);
+  }
+  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const override {
+    Linear l;
+    const auto o = at::TensorOptions().dtype(at::kFloat).device(opts_.device);
+    at::Tensor w = at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(in)), {out, in}, gen_, o).to(opts_.dtype);
+    if (opts_.quantize) l.qweight = ops::quantize_4bit(w, *opts_.quantize);
+    else l.weight = w;
+    if (bias) l.bias = at::zeros({out}, o.dtype(opts_.dtype));
+    return l;
+  }
+
+ private:
+  const LoadOptions& opts_;
+  at::Generator gen_;
+};
+
+void check_dtype(const LoadOptions& opts) {
+  if (opts.dtype != at::kFloat && opts.dtype != at::kBFloat16 && opts.dtype != at::kHalf)
+    throw UsageError(std::string("model dtype must be float32, bfloat16 or float16, not ") + c10::toString(opts.dtype));
+}
+
 }  // namespace
 
 LlamaModel LlamaModel::load(const fs::path& dir, const LoadOptions& opts) {
-  if (opts.dtype != at::kFloat && opts.dtype != at::kBFloat16 && opts.dtype != at::kHalf)
-    throw UsageError(std::string("model dtype must be float32, bfloat16 or float16, not ") + c10::toString(opts.dtype));
+  check_dtype(opts);
+  const auto ckpt = safetensors::Checkpoint::open(dir);
+  return build(parse_model_config(dir / "config.json"), WeightLoader(ckpt, opts), opts);
+}
+
+LlamaModel LlamaModel::random(const ModelConfig& config, const LoadOptions& opts, at::Generator gen) {
+  check_dtype(opts);
+  return build(config, RandomWeights(opts, std::move(gen)), opts);
+}
+
+LlamaModel LlamaModel::build(const ModelConfig& config, const WeightSource& w, const LoadOptions& opts) {
   LlamaModel m;
-  m.config_ = parse_model_config(dir / "config.json");
+  m.config_ = config;
   m.dtype_ = opts.dtype;
   const ModelConfig& c = m.config_;
-  const auto ckpt = safetensors::Checkpoint::open(dir);
-  WeightLoader w(ckpt, opts);
 
   m.embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {

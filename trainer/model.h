@@ -70,11 +70,16 @@ struct LoraSpec {
   at::ScalarType dtype = at::kFloat;  // adapter master weights
 };
 
+class WeightSource;  // trainer/model.cpp
+
 class LlamaModel {
  public:
   // Reads config.json and the safetensors checkpoint of `dir`, one tensor at a time, converting each
   // straight to the requested dtype/device (same dtype on CPU stays a zero-copy view of the mmap).
   static LlamaModel load(const std::filesystem::path& dir, const LoadOptions& opts);
+  // The same architecture with seeded random weights (benchmarks of real shapes without a checkpoint);
+  // `gen` must be a generator of opts.device (weights are drawn where they live).
+  static LlamaModel random(const ModelConfig& config, const LoadOptions& opts, at::Generator gen);
 
   const ModelConfig& config() const { return config_; }
   at::ScalarType dtype() const { return dtype_; }
@@ -109,6 +114,7 @@ class LlamaModel {
   at::Tensor lm_head(const at::Tensor& hidden) const { return at::linear(hidden, lm_head_); }
 
  private:
+  static LlamaModel build(const ModelConfig& config, const WeightSource& weights, const LoadOptions& opts);
   at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
                        const struct RopeTables& rope, const RunContext* ctx) const;
   at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,

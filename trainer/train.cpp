@@ -173,6 +173,8 @@ class Trainer {
                 std::to_string(params_.size() / 2) + " LoRA adapters, " + std::to_string(total) + " steps × " +
                 std::to_string(k) + " × " + std::to_string(r_.training.micro_batch_size));
 
+    if (r_.optimizer.paged)
+      log.message("note: optimizer.paged: the optimizer state stays on the training device (paging is not implemented yet)");
     TrainResult result;
     if (ds.eval && ds.eval->size() > 0) {
       auto [l, a] = evaluate(ds.eval, dcfg);

@@ -1,0 +1,76 @@
+// NF4 + double-quant dequantize throughput against the machine's own copy bandwidth, in the same run:
+//   nf4_dequant_bench [--device cuda|cpu] [--reps 50]
+// Bytes counted as performance.md §3.1 does: packed codes + uint8 scales + nested scales read, output
+// written. The peer is a device-to-device copy of the output-sized tensor (read + write), the roofline
+// a memory-bound kernel can approach; goal G3 is >= 85% of it on an H100.
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#if defined(QTRAIN_WITH_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+#include "ops/nf4.h"
+
+namespace {
+
+void sync(const at::Device& d) {
+#if defined(QTRAIN_WITH_CUDA)
+  if (d.is_cuda()) c10::cuda::device_synchronize();
+#endif
+}
+
+template <class F>
+double best_seconds(const at::Device& d, int reps, F&& f) {
+  f();  // warm-up
+  sync(d);
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const auto t = std::chrono::steady_clock::now();
+    f();
+    sync(d);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string device = at::hasCUDA() ? "cuda" : "cpu";
+  int reps = at::hasCUDA() ? 50 : 5;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "nf4_dequant_bench: unknown argument '%s'\n", a.c_str());
+      return 2;
+    }
+  }
+  const at::Device dev(device);
+  std::printf("NF4+DQ dequantize vs copy on %s (best of %d)\n", dev.str().c_str(), reps);
+  std::printf("%-14s %-5s %10s %10s %12s %12s %8s\n", "shape", "out", "dequant us", "copy us", "dequant GB/s", "copy GB/s", "ratio");
+  for (const auto& shape : {std::vector<int64_t>{4096, 4096}, std::vector<int64_t>{11008, 4096}, std::vector<int64_t>{14336, 4096}}) {
+    const at::Tensor w = at::randn(shape, at::TensorOptions().device(dev).dtype(at::kBFloat16));
+    const qtrain::ops::QuantState s = qtrain::ops::quantize_4bit(w, qtrain::ops::QuantParams{});
+    for (const at::ScalarType out_t : {at::kBFloat16, at::kFloat}) {
+      at::Tensor out;
+      const double t_deq = best_seconds(dev, reps, [&] { out = qtrain::ops::dequantize_4bit(s, out_t); });
+      const at::Tensor src = at::empty_like(out);
+      at::Tensor dst = at::empty_like(out);
+      const double t_copy = best_seconds(dev, reps, [&] { dst.copy_(src); });
+      const double n = static_cast<double>(w.numel());
+      const double deq_bytes = n / 2 + s.absmax.numel() + 4.0 * s.nested_absmax.numel() + n * out.element_size();
+      const double copy_bytes = 2.0 * n * out.element_size();
+      const double deq_gbs = deq_bytes / t_deq / 1e9, copy_gbs = copy_bytes / t_copy / 1e9;
+      std::printf("%-14s %-5s %10.1f %10.1f %12.1f %12.1f %7.2fx\n",
+                  (std::to_string(shape[0]) + "x" + std::to_string(shape[1])).c_str(), out_t == at::kFloat ? "fp32" : "bf16",
+                  t_deq * 1e6, t_copy * 1e6, deq_gbs, copy_gbs, deq_gbs / copy_gbs);
+    }
+  }
+  return 0;
+}

@@ -12,6 +12,7 @@
 //                        param after each step).
 // Exit status: 0 ok, 1 the op rejected its input (message on stderr), 2 usage or manifest error.
 #include "ops/adamw.h"
+#include "tests/ops/tool_io.h"
 
 #include <filesystem>
 #include <fstream>
@@ -26,10 +27,12 @@ namespace fs = std::filesystem;
 using qtrain::ops::AdamWParams;
 using qtrain::ops::AdamWState;
 
-// A manifest or usage problem (exit 2), as opposed to an op rejecting its input (c10::Error, exit 1).
-struct UsageError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using UsageError = qtrain::test_tools::ToolUsageError;
+using qtrain::test_tools::need;
+using qtrain::test_tools::need_double;
+using qtrain::test_tools::read_manifest;
+using qtrain::test_tools::read_tensor;
+using qtrain::test_tools::write_tensor;
 
 at::ScalarType parse_dtype(const std::string& s) {
   if (s == "float32") return at::kFloat;
@@ -37,52 +40,6 @@ at::ScalarType parse_dtype(const std::string& s) {
   throw UsageError("unknown dtype '" + s + "' (expected float32, bfloat16)");
 }
 
-std::map<std::string, std::string> read_manifest(const fs::path& dir) {
-  std::ifstream in(dir / "manifest.txt");
-  if (!in) throw UsageError("cannot open " + (dir / "manifest.txt").string());
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto sp = line.find(' ');
-    if (sp == std::string::npos) continue;
-    kv[line.substr(0, sp)] = line.substr(sp + 1);
-  }
-  return kv;
-}
-
-const std::string& need(const std::map<std::string, std::string>& kv, const std::string& key) {
-  const auto it = kv.find(key);
-  if (it == kv.end()) throw UsageError("manifest.txt: missing key '" + key + "'");
-  return it->second;
-}
-
-double need_double(const std::map<std::string, std::string>& kv, const std::string& key) {
-  const std::string& s = need(kv, key);
-  size_t used = 0;
-  const double v = std::stod(s, &used);
-  if (used != s.size()) throw UsageError("manifest.txt: key '" + key + "' is not a number: '" + s + "'");
-  return v;
-}
-
-at::Tensor read_tensor(const fs::path& file, at::ScalarType dtype, at::IntArrayRef shape) {
-  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const auto bytes = static_cast<std::streamsize>(t.numel() * t.element_size());
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw UsageError("cannot open " + file.string());
-  in.read(static_cast<char*>(t.data_ptr()), bytes);
-  if (in.gcount() != bytes) {
-    throw UsageError(file.string() + ": expected " + std::to_string(bytes) + " bytes, found " +
-                     std::to_string(in.gcount()));
-  }
-  return t;
-}
-
-void write_tensor(const fs::path& file, const at::Tensor& t) {
-  const at::Tensor c = t.cpu().contiguous();
-  std::ofstream out(file, std::ios::binary);
-  out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-  if (!out) throw std::runtime_error("cannot write " + file.string());
-}
 
 int run(const fs::path& dir) {
   const auto kv = read_manifest(dir);

@@ -12,6 +12,7 @@
 //                            seconds of one dequantize (used by scripts/bench/nf4_dequant_cpu.py).
 // Exit status: 0 ok, 1 an op rejected its input (message on stderr), 2 usage error.
 #include "ops/nf4.h"
+#include "tests/ops/tool_io.h"
 
 #include <algorithm>
 #include <bit>
@@ -32,6 +33,10 @@ namespace fs = std::filesystem;
 using qtrain::ops::QuantParams;
 using qtrain::ops::QuantState;
 using qtrain::ops::QuantType;
+using qtrain::test_tools::need;
+using qtrain::test_tools::read_manifest;
+using qtrain::test_tools::read_tensor;
+using qtrain::test_tools::write_tensor;
 
 at::ScalarType parse_dtype(const std::string& s) {
   if (s == "float32") return at::kFloat;
@@ -46,43 +51,6 @@ QuantType parse_type(const std::string& s) {
   throw std::invalid_argument("unknown type '" + s + "' (expected nf4, fp4)");
 }
 
-std::map<std::string, std::string> read_manifest(const fs::path& dir) {
-  std::ifstream in(dir / "manifest.txt");
-  if (!in) throw std::invalid_argument("cannot open " + (dir / "manifest.txt").string());
-  std::map<std::string, std::string> kv;
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto sp = line.find(' ');
-    if (sp == std::string::npos) continue;
-    kv[line.substr(0, sp)] = line.substr(sp + 1);
-  }
-  return kv;
-}
-
-const std::string& need(const std::map<std::string, std::string>& kv, const std::string& key) {
-  const auto it = kv.find(key);
-  if (it == kv.end()) throw std::invalid_argument("manifest.txt: missing key '" + key + "'");
-  return it->second;
-}
-
-at::Tensor read_tensor(const fs::path& file, at::ScalarType dtype, at::IntArrayRef shape) {
-  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const size_t bytes = t.numel() * t.element_size();
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::invalid_argument("cannot open " + file.string());
-  in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(bytes));
-  if (static_cast<size_t>(in.gcount()) != bytes) {
-    throw std::invalid_argument(file.string() + ": expected " + std::to_string(bytes) + " bytes, found " +
-                                std::to_string(in.gcount()));
-  }
-  return t;
-}
-
-void write_tensor(const fs::path& file, const at::Tensor& t) {
-  const at::Tensor c = t.cpu().contiguous();
-  std::ofstream out(file, std::ios::binary);
-  out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * c.element_size()));
-}
 
 struct Job {
   at::ScalarType dtype;

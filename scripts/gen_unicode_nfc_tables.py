@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Writes data/unicode_nfc_tables.inc: the Unicode data that data/unicode_nfc.cpp needs for NFC
+"""Writes data/tokenizer/unicode_nfc_tables.inc: the Unicode data that data/tokenizer/unicode_nfc.cpp needs for NFC
 (canonical combining classes, full canonical decompositions, primary composites), taken from
-Python's unicodedata. Run: python3 scripts/gen_unicode_nfc_tables.py > data/unicode_nfc_tables.inc"""
+Python's unicodedata. Run: python3 scripts/gen_unicode_nfc_tables.py > data/tokenizer/unicode_nfc_tables.inc"""
 import sys
 import unicodedata as ud
 

@@ -289,7 +289,7 @@ void validate(const Recipe& r, Problems& p) {
   validate_data(r.data, p);
 }
 
-// ---- the data section: fields of data/data_config.h ----
+// ---- the data section: fields of data/dataset/data_config.h ----
 
 // A file entry is a path, or {path, weight, format}.
 bool parse_files(const YAML::Node& n, std::vector<DataFile>* out, std::string* why) {

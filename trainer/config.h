@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "data/data_config.h"
+#include "data/dataset/data_config.h"
 #include "ops/nf4.h"
 
 namespace qtrain {

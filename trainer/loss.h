@@ -5,7 +5,7 @@
 
 #include <ATen/ATen.h>
 
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 namespace qtrain {
 

@@ -8,21 +8,20 @@
 #include <iostream>
 #include <regex>
 
-#include "data/atomic_file.h"
-#include "data/batching.h"
-#include "data/data_report.h"
-#include "data/dataset.h"
+#include "data/io/atomic_file.h"
+#include "data/dataset/batching.h"
+#include "data/dataset/data_report.h"
+#include "data/dataset/dataset.h"
 #include "data/error.h"
-#include "data/tokenizer.h"
+#include "data/tokenizer/tokenizer.h"
 #include "ops/adamw.h"
 #include "trainer/loss.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics_log.h"
-#include "trainer/model.h"
-#include "trainer/peft_adapter.h"
-#include "trainer/quickstart_model.h"
+#include "trainer/model/model.h"
+#include "data/io/peft_adapter.h"
 #include "trainer/stop_signal.h"
-#include "trainer/trainer_state.h"
+#include "data/io/trainer_state.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
@@ -85,10 +84,6 @@ class Trainer {
 
   TrainResult run() {
     const fs::path out = r_.output_dir;
-    if (r_.model.create_if_missing && !fs::exists(r_.model.path)) {
-      std::cerr << "quickstart: creating a small Llama and its tokenizer in " << r_.model.path << "\n";
-      create_quickstart_model(r_.model.path, r_.data, r_.training.seed);
-    }
     const fs::path model_dir = r_.model.path;
     if (!fs::is_directory(model_dir))
       throw UsageError(r_.source.string() + ": model.path '" + model_dir.string() + "' is not a directory");

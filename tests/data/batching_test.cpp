@@ -6,9 +6,9 @@
 #include <map>
 #include <set>
 
-#include "data/batching.h"
+#include "data/dataset/batching.h"
 #include "data/error.h"
-#include "data/shuffle.h"
+#include "data/dataset/shuffle.h"
 
 using namespace qtrain;
 

@@ -6,11 +6,11 @@
 #include <fstream>
 #include <random>
 
-#include "data/dataset.h"
-#include "data/dataset_formats.h"
+#include "data/dataset/dataset.h"
+#include "data/dataset/dataset_formats.h"
 #include "data/error.h"
-#include "data/example_tokenizer.h"
-#include "data/tokenizer.h"
+#include "data/dataset/example_tokenizer.h"
+#include "data/tokenizer/tokenizer.h"
 
 namespace fs = std::filesystem;
 using namespace qtrain;

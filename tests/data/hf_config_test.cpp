@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/error.h"
-#include "data/hf_config.h"
+#include "data/io/hf_config.h"
 
 namespace qtrain {
 namespace {

@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/error.h"
-#include "data/safetensors.h"
+#include "data/io/safetensors.h"
 
 namespace qtrain::safetensors {
 namespace {

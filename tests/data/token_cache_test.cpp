@@ -7,8 +7,8 @@
 #include <fstream>
 #include <random>
 
-#include "data/dataset.h"
-#include "data/token_cache.h"
+#include "data/dataset/dataset.h"
+#include "data/dataset/token_cache.h"
 
 namespace fs = std::filesystem;
 using namespace qtrain;

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "data/error.h"
-#include "data/tokenizer.h"
+#include "data/tokenizer/tokenizer.h"
 
 namespace qtrain {
 namespace {

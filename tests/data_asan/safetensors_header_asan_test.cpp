@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "data/error.h"
-#include "data/safetensors_header.h"
+#include "data/io/safetensors_header.h"
 
 namespace qtrain::safetensors {
 namespace {

@@ -10,8 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/safetensors.h"
-#include "trainer/model.h"
+#include "data/io/safetensors.h"
+#include "trainer/model/model.h"
 
 namespace qtrain {
 namespace {

@@ -1,8 +1,8 @@
 // Pieces of the model that have their own invariants: the attention mask and RoPE.
 #include <gtest/gtest.h>
 
-#include "trainer/model.h"
-#include "trainer/rope.h"
+#include "trainer/model/model.h"
+#include "trainer/model/rope.h"
 
 namespace qtrain {
 namespace {

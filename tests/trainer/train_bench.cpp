@@ -21,7 +21,7 @@
 #include "ops/adamw.h"
 #include "trainer/loss.h"
 #include "trainer/metrics_log.h"
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 using namespace qtrain;
 

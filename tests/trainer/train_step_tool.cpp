@@ -9,11 +9,11 @@
 #include <iostream>
 #include <string>
 
-#include "data/safetensors.h"
+#include "data/io/safetensors.h"
 #include "ops/adamw.h"
 #include "trainer/loss.h"
-#include "trainer/model.h"
-#include "trainer/peft_adapter.h"
+#include "trainer/model/model.h"
+#include "trainer/model/lora.h"
 
 int main(int argc, char** argv) {
   using namespace qtrain;

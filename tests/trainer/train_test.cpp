@@ -19,9 +19,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data/safetensors.h"
+#include "data/io/safetensors.h"
 #include "trainer/loss.h"
-#include "trainer/model.h"
+#include "trainer/model/model.h"
 
 namespace qtrain {
 namespace {

@@ -1,0 +1,136 @@
+#include "data/dataset/dataset_records.h"
+
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "data/error.h"
+#include "data/tokenizer/utf8.h"
+
+namespace qtrain {
+namespace {
+
+size_t line_of(const std::string& text, size_t offset) {
+  size_t line = 1;
+  for (size_t i = 0; i < offset && i < text.size(); ++i) line += text[i] == '\n';
+  return line;
+}
+
+// Byte offsets where the top-level array's elements start. A small scanner (strings, escapes,
+// nesting) instead of the parser's callback API, because that API does not report positions.
+std::vector<size_t> array_element_starts(const std::string& text) {
+  std::vector<size_t> starts;
+  int depth = 0;
+  bool in_string = false, escape = false, expect_element = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (escape) escape = false;
+      else if (c == '\\') escape = true;
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
+    if (expect_element && c != ']') starts.push_back(i);
+    expect_element = false;
+    if (c == '"') in_string = true;
+    else if (c == '[' || c == '{') {
+      if (++depth == 1 && c == '[') expect_element = true;
+    } else if (c == ']' || c == '}') --depth;
+    else if (c == ',' && depth == 1) expect_element = true;
+  }
+  return starts;
+}
+
+bool blank(std::string_view s) {
+  return s.find_first_not_of(" \t\r\n") == std::string_view::npos;
+}
+
+}  // namespace
+
+std::string read_file_bytes(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw InputError(file.string() + ": cannot open dataset file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void read_records(const std::filesystem::path& file, const std::function<void(const Record&)>& on_record,
+                  const std::function<void(const std::string& message)>& on_bad) {
+  const std::string text = read_file_bytes(file);
+  const std::string name = file.string();
+  if (blank(text)) throw InputError(name + ": empty dataset file (no records)");
+  const std::string ext = file.extension().string();
+
+  if (ext == ".txt") {
+    if (const size_t bad = utf8::find_invalid(text); bad != std::string::npos)
+      on_bad(name + ":" + std::to_string(line_of(text, bad)) + ": invalid UTF-8 at byte " + std::to_string(bad));
+    else
+      on_record(Record{nlohmann::json{{"text", text}}, name + ":1"});
+    return;
+  }
+
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  // A .jsonl file, or a .json file that is really JSON lines (starts with an object and has more
+  // than one line): one record per line, so one bad line does not lose the others.
+  bool lines = ext == ".jsonl";
+  if (!lines && text[first] == '{') {
+    try {
+      const auto j = nlohmann::json::parse(text);
+      on_record(Record{j, name + ":" + std::to_string(line_of(text, first))});
+      return;
+    } catch (const nlohmann::json::parse_error&) {
+      lines = true;
+    }
+  }
+  if (lines) {
+    size_t pos = 0, lineno = 0;
+    while (pos < text.size()) {
+      size_t end = text.find('\n', pos);
+      if (end == std::string::npos) end = text.size();
+      ++lineno;
+      const std::string_view line(text.data() + pos, end - pos);
+      pos = end + 1;
+      if (blank(line)) continue;
+      const std::string where = name + ":" + std::to_string(lineno);
+      try {
+        on_record(Record{nlohmann::json::parse(line), where});
+      } catch (const nlohmann::json::parse_error& e) {
+        const size_t bad = utf8::find_invalid(line);
+        if (bad != std::string::npos)
+          on_bad(where + ": invalid UTF-8 at column " + std::to_string(bad + 1));
+        else
+          on_bad(where + ": malformed JSON line (" + std::string(e.what()) + ")");
+      }
+    }
+    return;
+  }
+
+  nlohmann::json all;
+  try {
+    all = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    const size_t at = e.byte == 0 ? 0 : e.byte - 1;
+    const size_t bad = utf8::find_invalid(text);
+    if (bad != std::string::npos)
+      throw InputError(name + ":" + std::to_string(line_of(text, bad)) + ": invalid UTF-8 at byte " + std::to_string(bad));
+    throw InputError(name + ":" + std::to_string(line_of(text, at)) + ": malformed JSON (" + e.what() + ")");
+  }
+  if (!all.is_array())
+    throw InputError(name + ": expected a JSON array of records (or JSON lines), found " + std::string(all.type_name()));
+  if (all.empty()) throw InputError(name + ": empty dataset file (the array has no records)");
+  const auto starts = array_element_starts(text);
+  const bool have_lines = starts.size() == all.size();
+  size_t line = 1, scanned = 0;  // one pass over the text: the starts are increasing
+  for (size_t i = 0; i < all.size(); ++i) {
+    std::string where = name + ": record " + std::to_string(i);
+    if (have_lines) {
+      for (; scanned < starts[i]; ++scanned) line += text[scanned] == '\n';
+      where = name + ":" + std::to_string(line);
+    }
+    on_record(Record{std::move(all[i]), where});
+  }
+}
+
+}  // namespace qtrain

@@ -1,0 +1,238 @@
+#include "data/io/hf_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/error.h"
+
+namespace qtrain {
+namespace {
+
+using nlohmann::json;
+
+struct FamilyEntry {
+  ModelFamily family;
+  std::string_view model_type;
+};
+constexpr FamilyEntry kFamilies[] = {{ModelFamily::kLlama, "llama"},
+                                     {ModelFamily::kMistral, "mistral"},
+                                     {ModelFamily::kQwen2, "qwen2"},
+                                     {ModelFamily::kQwen3, "qwen3"}};
+
+struct RopeEntry {
+  RopeType type;
+  std::string_view name;
+};
+constexpr RopeEntry kRopes[] = {{RopeType::kDefault, "default"}, {RopeType::kLinear, "linear"}, {RopeType::kLlama3, "llama3"}};
+
+// Reads config keys with the source named in every error.
+class Reader {
+ public:
+  Reader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
+
+  [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
+    throw InputError(source_ + ": key '" + key + "': " + msg);
+  }
+  bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
+
+  int64_t integer(const std::string& key) const {
+    if (!has(key)) fail(key, "missing (required)");
+    return integer_at(j_[key], key);
+  }
+  int64_t integer_or(const std::string& key, int64_t dflt) const { return has(key) ? integer_at(j_[key], key) : dflt; }
+  int64_t integer_at(const json& v, const std::string& key) const {
+    if (!v.is_number_integer()) fail(key, "expected an integer, found " + v.dump());
+    return v.get<int64_t>();
+  }
+  double number_or(const std::string& key, double dflt) const { return has(key) ? number_at(j_[key], key) : dflt; }
+  double number_at(const json& v, const std::string& key) const {
+    if (!v.is_number()) fail(key, "expected a number, found " + v.dump());
+    return v.get<double>();
+  }
+  bool boolean_or(const std::string& key, bool dflt) const {
+    if (!has(key)) return dflt;
+    if (!j_[key].is_boolean()) fail(key, "expected true or false, found " + j_[key].dump());
+    return j_[key].get<bool>();
+  }
+  std::string string_or(const std::string& key, const std::string& dflt) const {
+    if (!has(key)) return dflt;
+    if (!j_[key].is_string()) fail(key, "expected a string, found " + j_[key].dump());
+    return j_[key].get<std::string>();
+  }
+  const json& at(const std::string& key) const { return j_[key]; }
+
+ private:
+  const json& j_;
+  std::string source_;
+};
+
+RopeConfig parse_rope(const Reader& r) {
+  RopeConfig rope;
+  // transformers 5.x: rope_parameters {rope_theta, rope_type, ...}; 4.x: rope_theta + rope_scaling.
+  const bool v5 = r.has("rope_parameters");
+  const std::string key = v5 ? "rope_parameters" : "rope_scaling";
+  rope.theta = r.number_or("rope_theta", 10000.0);
+  if (!r.has(key)) return rope;
+  const json& p = r.at(key);
+  if (!p.is_object()) r.fail(key, "expected an object, found " + p.dump());
+  auto num = [&](const char* k, double dflt) {
+    if (!p.contains(k) || p[k].is_null()) return dflt;
+    return r.number_at(p[k], key + "." + k);
+  };
+  if (v5) rope.theta = num("rope_theta", rope.theta);
+  std::string type = "default";
+  if (p.contains("rope_type") && p["rope_type"].is_string()) type = p["rope_type"].get<std::string>();
+  else if (p.contains("type") && p["type"].is_string()) type = p["type"].get<std::string>();
+  bool found = false;
+  for (const auto& e : kRopes)
+    if (e.name == type) {
+      rope.type = e.type;
+      found = true;
+    }
+  if (!found)
+    r.fail(key + ".rope_type", "unsupported rope scaling type '" + type + "' (supported: default, linear, llama3)");
+  rope.factor = num("factor", 1.0);
+  if (rope.type == RopeType::kLlama3) {
+    rope.low_freq_factor = num("low_freq_factor", 1.0);
+    rope.high_freq_factor = num("high_freq_factor", 4.0);
+    if (!p.contains("original_max_position_embeddings")) r.fail(key + ".original_max_position_embeddings", "missing (required for llama3 rope)");
+    rope.original_max_position_embeddings = r.integer_at(p["original_max_position_embeddings"], key + ".original_max_position_embeddings");
+  }
+  if (rope.theta <= 0) r.fail(v5 ? key + ".rope_theta" : "rope_theta", "must be positive, found " + std::to_string(rope.theta));
+  return rope;
+}
+
+std::vector<int64_t> id_list(const Reader& r, const std::string& key) {
+  if (!r.has(key)) return {};
+  const json& v = r.at(key);
+  if (v.is_array()) {
+    std::vector<int64_t> out;
+    for (const auto& e : v) out.push_back(r.integer_at(e, key));
+    return out;
+  }
+  return {r.integer_at(v, key)};
+}
+
+}  // namespace
+
+std::string_view family_name(ModelFamily f) {
+  for (const auto& e : kFamilies)
+    if (e.family == f) return e.model_type;
+  return "?";
+}
+
+std::string_view rope_type_name(RopeType t) {
+  for (const auto& e : kRopes)
+    if (e.type == t) return e.name;
+  return "?";
+}
+
+ModelConfig parse_model_config_text(const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    throw InputError(source + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object()) throw InputError(source + ": expected a JSON object");
+  Reader r(j, source);
+
+  ModelConfig c;
+  if (!r.has("model_type")) r.fail("model_type", "missing (required)");
+  const std::string mt = r.string_or("model_type", "");
+  bool known = false;
+  for (const auto& e : kFamilies)
+    if (e.model_type == mt) {
+      c.family = e.family;
+      known = true;
+    }
+  if (!known) r.fail("model_type", "unsupported model_type '" + mt + "' (supported: llama, mistral, qwen2, qwen3)");
+
+  c.vocab_size = r.integer("vocab_size");
+  c.hidden_size = r.integer("hidden_size");
+  c.intermediate_size = r.integer("intermediate_size");
+  c.num_hidden_layers = r.integer("num_hidden_layers");
+  c.num_attention_heads = r.integer("num_attention_heads");
+  c.num_key_value_heads = r.integer_or("num_key_value_heads", c.num_attention_heads);
+  for (auto [k, v] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+                      {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
+                      {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads}})
+    if (v <= 0) r.fail(k, "must be positive, found " + std::to_string(v));
+  if (c.num_attention_heads % c.num_key_value_heads != 0)
+    r.fail("num_key_value_heads", std::to_string(c.num_key_value_heads) + " does not divide num_attention_heads " +
+                                      std::to_string(c.num_attention_heads));
+  if (r.has("head_dim")) {
+    c.head_dim = r.integer("head_dim");
+  } else {
+    if (c.hidden_size % c.num_attention_heads != 0)
+      r.fail("head_dim", "missing, and hidden_size is not divisible by num_attention_heads");
+    c.head_dim = c.hidden_size / c.num_attention_heads;
+  }
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0) r.fail("head_dim", "must be positive and even (RoPE rotates pairs), found " + std::to_string(c.head_dim));
+  c.max_position_embeddings = r.integer_or("max_position_embeddings", c.max_position_embeddings);
+  c.rms_norm_eps = r.number_or("rms_norm_eps", c.rms_norm_eps);
+  c.rope = parse_rope(r);
+  c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
+  const std::string act = r.string_or("hidden_act", "silu");
+  if (act != "silu") r.fail("hidden_act", "unsupported activation '" + act + "' (the Llama family uses silu)");
+
+  switch (c.family) {
+    case ModelFamily::kLlama:
+      c.attention_bias = r.boolean_or("attention_bias", false);
+      c.mlp_bias = r.boolean_or("mlp_bias", false);
+      break;
+    case ModelFamily::kMistral:
+      if (r.has("sliding_window")) c.sliding_window = r.integer("sliding_window");
+      break;
+    case ModelFamily::kQwen2:
+    case ModelFamily::kQwen3:
+      if (c.family == ModelFamily::kQwen2) c.qkv_bias = true;
+      else {
+        c.attention_bias = r.boolean_or("attention_bias", false);
+        c.qk_norm = true;
+      }
+      if (r.boolean_or("use_sliding_window", false))
+        r.fail("use_sliding_window", "sliding-window attention for " + mt + " is not supported yet");
+      break;
+  }
+  if (c.sliding_window && *c.sliding_window <= 0) r.fail("sliding_window", "must be positive");
+
+  if (r.has("bos_token_id")) c.bos_token_id = r.integer("bos_token_id");
+  c.eos_token_ids = id_list(r, "eos_token_id");
+  if (r.has("pad_token_id")) c.pad_token_id = r.integer("pad_token_id");
+  c.torch_dtype = r.string_or("torch_dtype", r.string_or("dtype", "float32"));
+  if (r.has("quantization_config")) {
+    const json& q = r.at("quantization_config");
+    const std::string key = "quantization_config";
+    if (!q.is_object()) r.fail(key, "expected an object, found " + q.dump());
+    const std::string method = q.value("quant_method", std::string("?"));
+    const bool four_bit = q.value("load_in_4bit", q.value("_load_in_4bit", false));
+    if (method != "bitsandbytes" || !four_bit)
+      r.fail(key + ".quant_method", "only bitsandbytes 4-bit checkpoints can be loaded for training (found quant_method '" +
+                                        method + "', load_in_4bit " + (four_bit ? "true" : "false") +
+                                        "); start from the full-precision model instead");
+    Bnb4bitConfig b;
+    b.quant_type = q.value("bnb_4bit_quant_type", std::string("fp4"));  // the BitsAndBytesConfig default
+    if (b.quant_type != "nf4" && b.quant_type != "fp4")
+      r.fail(key + ".bnb_4bit_quant_type", "expected nf4 or fp4, found '" + b.quant_type + "'");
+    b.double_quant = q.value("bnb_4bit_use_double_quant", false);
+    b.compute_dtype = q.value("bnb_4bit_compute_dtype", std::string("float32"));
+    const std::string storage = q.value("bnb_4bit_quant_storage", std::string("uint8"));
+    if (storage != "uint8")
+      r.fail(key + ".bnb_4bit_quant_storage", "only uint8 storage is supported, found '" + storage + "'");
+    c.bnb_4bit = b;
+  }
+  return c;
+}
+
+ModelConfig parse_model_config(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(path.string() + ": cannot open config.json");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_model_config_text(ss.str(), path.string());
+}
+
+}  // namespace qtrain

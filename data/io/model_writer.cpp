@@ -1,0 +1,58 @@
+#include "data/io/model_writer.h"
+
+#include <random>
+
+#include "data/io/atomic_file.h"
+#include "data/error.h"
+#include "data/io/safetensors.h"
+
+namespace qtrain {
+namespace fs = std::filesystem;
+
+namespace {
+// Files a model directory carries besides config and weights (tokenizers, generation defaults).
+constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                                      "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json",
+                                      "chat_template.jinja"};
+}  // namespace
+
+void write_model_dir(const fs::path& out, const ModelDirContents& c) {
+  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
+    throw UsageError(out.string() + " already exists and is not empty; choose another --out or remove it");
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  fs::create_directories(parent);
+  const fs::path tmp = parent / (out.filename().string() + ".tmp." + std::to_string(std::random_device{}()));
+  fs::create_directories(tmp);
+  try {
+    safetensors::save_sharded(tmp, c.tensors, c.max_shard_bytes);
+    write_file_atomic(tmp / "config.json", c.config.dump(2) + "\n");
+    if (!c.copy_files_from.empty())
+      for (const char* f : kSideFiles)
+        if (fs::exists(c.copy_files_from / f)) fs::copy_file(c.copy_files_from / f, tmp / f);
+    if (fs::exists(out)) fs::remove(out);  // the empty directory checked above
+    fs::rename(tmp, out);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+uint64_t parse_byte_size(const std::string& s, const std::string& option) {
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = s.substr(used);
+  const std::map<std::string, double> units = {{"", 1},         {"B", 1},          {"KB", 1e3},        {"MB", 1e6},
+                                               {"GB", 1e9},     {"KiB", 1024.0},   {"MiB", 1048576.0}, {"GiB", 1073741824.0}};
+  auto it = units.find(unit);
+  if (used == 0 || it == units.end() || v <= 0)
+    throw UsageError("--" + option + " '" + s + "' is not a size (expected e.g. 5GB, 500MB, 2GiB)");
+  return static_cast<uint64_t>(v * it->second);
+}
+
+}  // namespace qtrain

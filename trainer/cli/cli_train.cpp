@@ -1,0 +1,45 @@
+// qtrain train RECIPE.yaml [--set key=value]... [--print-config] [--dry-run] [--resume [DIR]]
+// (also `qtrain RECIPE.yaml`).
+#include <iostream>
+
+#include "data/error.h"
+#include "trainer/cli/cli.h"
+#include "trainer/cli/cli_options.h"
+#include "trainer/cli/quickstart_model.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+namespace qtrain::cli {
+
+int run_train(const std::vector<std::string>& args) {
+  VerbSpec spec;
+  spec.usage = "qtrain train RECIPE.yaml [--set key=value]... [--print-config] [--dry-run] [--resume [DIR]]";
+  std::string recipe;
+  std::vector<std::string> sets;
+  std::string resume;
+  spec.options.add_options()
+      ("set", po::value(&sets)->composing(), "override a recipe value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+      ("print-config", "print the resolved recipe (every key, defaults included) and exit")
+      ("dry-run", "check the recipe, the model's config, the tokenizer and the data, then exit")
+      ("resume", po::value(&resume)->implicit_value(""), "continue from the latest checkpoint of output_dir, or from DIR");
+  spec.hidden.add_options()("recipe", po::value(&recipe)->required(), "recipe file");
+  spec.positional.add("recipe", 1);
+  const auto vm = parse_verb(args, spec);
+  if (!vm) return 0;
+  const Recipe r = load_recipe(recipe, sets);
+  if (vm->count("print-config")) {
+    std::cout << recipe_to_yaml(r);
+    return 0;
+  }
+  if (r.model.create_if_missing && !std::filesystem::exists(r.model.path)) {
+    std::cerr << "quickstart: creating a small Llama and its tokenizer in " << r.model.path << "\n";
+    create_quickstart_model(r.model.path, r.data, r.training.seed);
+  }
+  TrainOptions o;
+  o.dry_run = vm->count("dry-run") > 0;
+  if (vm->count("resume")) o.resume = resume.empty() ? r.output_dir : std::filesystem::path(resume);
+  train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
+  return 0;
+}
+
+}  // namespace qtrain::cli

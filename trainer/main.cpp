@@ -1,4 +1,0 @@
-// The qtrain executable: everything lives in the verbs (trainer/cli.h).
-#include "trainer/cli.h"
-
-int main(int argc, char** argv) { return qtrain::cli::run(std::vector<std::string>(argv + 1, argv + argc)); }

@@ -28,8 +28,8 @@ if not os.path.isdir(os.path.join(SHARED, "tokenizers")):
 if not BINARY or not os.path.exists(BINARY):
     pytest.skip("QTRAIN_BINARY is not set to the qtrain executable", allow_module_level=True)
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import tokenizers  # a missing package is a failure: CI has every oracle
+import transformers
 
 
 # ---------------------------------------------------------------- the texts
@@ -133,7 +133,7 @@ def spm_case(tok_dir, legacy, tmp_path):
     """Three oracles for sentencepiece directories (see the module docstring for why three):
     the sentencepiece library itself, HF `tokenizers` with score-ordered merges, and transformers 5
     on the lines its own conversion handles like sentencepiece (no whitespace runs)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model"))
     if tok_dir.endswith("llama2-spm"):
         hf = transformers.LlamaTokenizer.from_pretrained(tok_dir, add_bos_token=True)  # no config: say Llama's BOS

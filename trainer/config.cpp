@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <sstream>
 
@@ -67,6 +68,8 @@ bool parse_value(const YAML::Node& n, double* out, std::string* why) {
   } catch (const std::exception&) {
     return *why = "expected a number, found '" + n.Scalar() + "'", false;
   }
+  // stod reads "nan" and "inf", which would pass every range check below (NaN compares false).
+  if (!std::isfinite(*out)) return *why = "expected a finite number, found '" + n.Scalar() + "'", false;
   return true;
 }
 template <>
@@ -243,11 +246,15 @@ std::string nearest_key(const std::string& key, const std::vector<Field>& fields
 
 // Flattens a YAML mapping into "a.b.c" → scalar/sequence nodes. A data.files entry is a sequence of
 // maps and stays whole (its field parses it).
+// Recipes nest two levels (section.key); deeper maps are kept whole and reported as unknown keys, which
+// also stops an alias that contains itself (`a: &x {b: *x}`) from recursing without end.
 void flatten(const YAML::Node& n, const std::string& prefix, std::vector<std::pair<std::string, YAML::Node>>* out,
-             const std::vector<Field>& fields) {
+             const std::vector<Field>& fields, int depth = 0) {
+  constexpr int kMaxDepth = 4;
   const bool is_field = std::any_of(fields.begin(), fields.end(), [&](const Field& f) { return f.key == prefix; });
-  if (n.IsMap() && !is_field) {
-    for (const auto& kv : n) flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(), out, fields);
+  if (n.IsMap() && !is_field && depth < kMaxDepth) {
+    for (const auto& kv : n)
+      flatten(kv.second, prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar(), out, fields, depth + 1);
   } else {
     out->emplace_back(prefix, n);
   }
@@ -384,7 +391,10 @@ std::vector<Field> data_fields() {
          r.data.sharegpt_role_map.clear();
          if (n.IsNull()) return true;
          if (!n.IsMap()) return *why = "expected a mapping from -> role", false;
-         for (const auto& kv : n) r.data.sharegpt_role_map[kv.first.Scalar()] = kv.second.Scalar();
+         for (const auto& kv : n) {
+           if (!kv.first.IsScalar() || !kv.second.IsScalar()) return *why = "expected a mapping from -> role (names, not lists)", false;
+           r.data.sharegpt_role_map[kv.first.Scalar()] = kv.second.Scalar();
+         }
          return true;
        },
        [](const Recipe& r) {

@@ -17,6 +17,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   qtrain::Recipe r;
   if (!fz::expect_clean_errors({file.string(), "--set"}, [&] { r = qtrain::load_recipe(file, overrides); })) return 0;
   const std::string printed = qtrain::recipe_to_yaml(r), hash = qtrain::recipe_hash(r);
+  // Every number in a loaded recipe is finite (a NaN passes range checks written as comparisons).
+  for (const char* bad : {": nan", ": -nan", ": inf", ": -inf"})
+    if (printed.find(bad) != std::string::npos) fz::finding("a loaded recipe holds a non-finite number", "-", printed);
 
   const auto again = dir / "printed.yaml";
   fz::write_file(again, printed);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/error.h"
+#include "data/json_depth.h"
 
 namespace qtrain {
 namespace {
@@ -30,10 +31,11 @@ constexpr RopeEntry kRopes[] = {{RopeType::kDefault, "default"}, {RopeType::kLin
 // Reads config keys with the source named in every error.
 class Reader {
  public:
-  Reader(const json& j, std::string source) : j_(j), source_(std::move(source)) {}
+  // prefix: the path of a nested object's keys in messages ("quantization_config.").
+  Reader(const json& j, std::string source, std::string prefix = "") : j_(j), source_(std::move(source)), prefix_(std::move(prefix)) {}
 
   [[noreturn]] void fail(const std::string& key, const std::string& msg) const {
-    throw InputError(source_ + ": key '" + key + "': " + msg);
+    throw InputError(source_ + ": key '" + prefix_ + key + "': " + msg);
   }
   bool has(const std::string& key) const { return j_.contains(key) && !j_[key].is_null(); }
 
@@ -65,7 +67,7 @@ class Reader {
 
  private:
   const json& j_;
-  std::string source_;
+  std::string source_, prefix_;
 };
 
 RopeConfig parse_rope(const Reader& r) {
@@ -130,6 +132,8 @@ std::string_view rope_type_name(RopeType t) {
 }
 
 ModelConfig parse_model_config_text(const std::string& text, const std::string& source) {
+  if (const size_t at = json_too_deep_at(text); at != std::string::npos)
+    throw InputError(source + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels at byte " + std::to_string(at));
   json j;
   try {
     j = json::parse(text);
@@ -207,19 +211,20 @@ ModelConfig parse_model_config_text(const std::string& text, const std::string& 
     const json& q = r.at("quantization_config");
     const std::string key = "quantization_config";
     if (!q.is_object()) r.fail(key, "expected an object, found " + q.dump());
-    const std::string method = q.value("quant_method", std::string("?"));
-    const bool four_bit = q.value("load_in_4bit", q.value("_load_in_4bit", false));
+    const Reader qr(q, source, key + ".");  // typed reads: a wrong type names the key, not nlohmann's type_error
+    const std::string method = qr.string_or("quant_method", "?");
+    const bool four_bit = qr.boolean_or("load_in_4bit", qr.boolean_or("_load_in_4bit", false));
     if (method != "bitsandbytes" || !four_bit)
       r.fail(key + ".quant_method", "only bitsandbytes 4-bit checkpoints can be loaded for training (found quant_method '" +
                                         method + "', load_in_4bit " + (four_bit ? "true" : "false") +
                                         "); start from the full-precision model instead");
     Bnb4bitConfig b;
-    b.quant_type = q.value("bnb_4bit_quant_type", std::string("fp4"));  // the BitsAndBytesConfig default
+    b.quant_type = qr.string_or("bnb_4bit_quant_type", "fp4");  // the BitsAndBytesConfig default
     if (b.quant_type != "nf4" && b.quant_type != "fp4")
       r.fail(key + ".bnb_4bit_quant_type", "expected nf4 or fp4, found '" + b.quant_type + "'");
-    b.double_quant = q.value("bnb_4bit_use_double_quant", false);
-    b.compute_dtype = q.value("bnb_4bit_compute_dtype", std::string("float32"));
-    const std::string storage = q.value("bnb_4bit_quant_storage", std::string("uint8"));
+    b.double_quant = qr.boolean_or("bnb_4bit_use_double_quant", false);
+    b.compute_dtype = qr.string_or("bnb_4bit_compute_dtype", "float32");
+    const std::string storage = qr.string_or("bnb_4bit_quant_storage", "uint8");
     if (storage != "uint8")
       r.fail(key + ".bnb_4bit_quant_storage", "only uint8 storage is supported, found '" + storage + "'");
     c.bnb_4bit = b;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "data/error.h"
+#include "data/json_depth.h"
 #include "data/tokenizer/utf8.h"
 
 namespace qtrain {
@@ -75,7 +76,9 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
   // A .jsonl file, or a .json file that is really JSON lines (starts with an object and has more
   // than one line): one record per line, so one bad line does not lose the others.
   bool lines = ext == ".jsonl";
-  if (!lines && text[first] == '{') {
+  const std::string too_deep = ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
+  // A single deep object is read line by line below, where the deep line is reported on its own.
+  if (!lines && text[first] == '{' && json_too_deep_at(text) == std::string::npos) {
     try {
       const auto j = nlohmann::json::parse(text);
       on_record(Record{j, name + ":" + std::to_string(line_of(text, first))});
@@ -94,6 +97,10 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
       pos = end + 1;
       if (blank(line)) continue;
       const std::string where = name + ":" + std::to_string(lineno);
+      if (json_too_deep_at(line) != std::string_view::npos) {
+        on_bad(where + too_deep);
+        continue;
+      }
       try {
         on_record(Record{nlohmann::json::parse(line), where});
       } catch (const nlohmann::json::parse_error& e) {
@@ -107,6 +114,8 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
     return;
   }
 
+  if (const size_t deep = json_too_deep_at(text); deep != std::string::npos)
+    throw InputError(name + ":" + std::to_string(line_of(text, deep)) + too_deep);
   nlohmann::json all;
   try {
     all = nlohmann::json::parse(text);

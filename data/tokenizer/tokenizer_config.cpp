@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "data/error.h"
+#include "data/json_depth.h"
 
 namespace qtrain {
 namespace {
@@ -53,18 +54,21 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann reports a byte offset; users look for a line.
-    const size_t at = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  // nlohmann reports a byte offset; users look for a line.
+  auto line_col = [&](size_t at) {
     size_t line = 1, col = 1;
-    for (size_t i = 0; i < at; ++i) {
+    for (size_t i = 0; i < at && i < text.size(); ++i) {
       if (text[i] == '\n') ++line, col = 1;
       else ++col;
     }
-    throw InputError(path.string() + ":" + std::to_string(line) + ":" + std::to_string(col) + ": malformed JSON (" +
-                     e.what() + ")");
+    return ":" + std::to_string(line) + ":" + std::to_string(col);
+  };
+  if (const size_t deep = json_too_deep_at(text); deep != std::string::npos)
+    throw InputError(path.string() + line_col(deep) + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw InputError(path.string() + line_col(e.byte == 0 ? 0 : e.byte - 1) + ": malformed JSON (" + e.what() + ")");
   }
 }
 

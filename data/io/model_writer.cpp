@@ -1,7 +1,5 @@
 #include "data/io/model_writer.h"
 
-#include <random>
-
 #include "data/io/atomic_file.h"
 #include "data/error.h"
 #include "data/io/safetensors.h"
@@ -19,23 +17,13 @@ constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer.model", "toke
 void write_model_dir(const fs::path& out, const ModelDirContents& c) {
   if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
     throw UsageError(out.string() + " already exists and is not empty; choose another --out or remove it");
-  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
-  fs::create_directories(parent);
-  const fs::path tmp = parent / (out.filename().string() + ".tmp." + std::to_string(std::random_device{}()));
-  fs::create_directories(tmp);
-  try {
-    safetensors::save_sharded(tmp, c.tensors, c.max_shard_bytes);
-    write_file_atomic(tmp / "config.json", c.config.dump(2) + "\n");
-    if (!c.copy_files_from.empty())
-      for (const char* f : kSideFiles)
-        if (fs::exists(c.copy_files_from / f)) fs::copy_file(c.copy_files_from / f, tmp / f);
-    if (fs::exists(out)) fs::remove(out);  // the empty directory checked above
-    fs::rename(tmp, out);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  AtomicDirectory dir(out);  // replaces the empty directory checked above, if any
+  safetensors::save_sharded(dir.path(), c.tensors, c.max_shard_bytes);
+  write_file_atomic(dir.path() / "config.json", c.config.dump(2) + "\n");
+  if (!c.copy_files_from.empty())
+    for (const char* f : kSideFiles)
+      if (fs::exists(c.copy_files_from / f)) fs::copy_file(c.copy_files_from / f, dir.path() / f);
+  dir.commit();
 }
 
 uint64_t parse_byte_size(const std::string& s, const std::string& option) {

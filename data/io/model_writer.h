@@ -1,5 +1,5 @@
-// Writes a Hugging Face model directory (config.json, safetensors shards, tokenizer files) atomically:
-// everything goes into a temporary sibling directory that is renamed to the target at the end.
+// Writes a Hugging Face model directory (config.json, safetensors shards, tokenizer files) atomically
+// and durably (AtomicDirectory: a temporary sibling, fsynced, renamed to the target at the end).
 #pragma once
 
 #include <filesystem>

@@ -1,7 +1,6 @@
 #include "data/io/peft_adapter.h"
 
 #include <fstream>
-#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -66,24 +65,10 @@ void save_peft_adapter(const fs::path& dir, const NamedTensors& lora, const Adap
   std::map<std::string, at::Tensor> tensors;
   for (const auto& [name, t] : lora) tensors[name] = t.detach().to(at::kCPU, dtype);
 
-  const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
-  fs::create_directories(parent);
-  const fs::path tmp = parent / (dir.filename().string() + ".tmp." + std::to_string(std::random_device{}()));
-  fs::create_directories(tmp);
-  try {
-    safetensors::save(tmp / "adapter_model.safetensors", tensors);
-    write_file_atomic(tmp / "adapter_config.json", c.dump(2) + "\n");
-    // Replace an older adapter of the same name: move it aside, move the new one in, drop the old.
-    const fs::path old = parent / (dir.filename().string() + ".old." + std::to_string(std::random_device{}()));
-    const bool had = fs::exists(dir);
-    if (had) fs::rename(dir, old);
-    fs::rename(tmp, dir);
-    if (had) fs::remove_all(old);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
+  AtomicDirectory out(dir);  // an older adapter of the same name is replaced only once this one is whole
+  safetensors::save(out.path() / "adapter_model.safetensors", tensors);
+  write_file_atomic(out.path() / "adapter_config.json", c.dump(2) + "\n");
+  out.commit();
 }
 
 NamedTensors load_peft_adapter(const fs::path& dir, AdapterInfo* info) {

@@ -24,7 +24,8 @@ struct AdapterInfo {
 
 using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 
-// Writes `dir` atomically (a temporary sibling renamed into place; an existing adapter is replaced).
+// Writes `dir` atomically and durably (AtomicDirectory: an existing adapter is moved aside, replaced,
+// then deleted).
 // Throws std::runtime_error naming the tensor when a value is not finite or a shape is not LoRA's.
 void save_peft_adapter(const std::filesystem::path& dir, const NamedTensors& lora, const AdapterInfo& info,
                        at::ScalarType dtype = at::kFloat);

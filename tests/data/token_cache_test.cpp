@@ -145,7 +145,7 @@ TEST_F(TokenCacheTest, SecondBuildHitsAndCorruptIsRebuilt) {
   EXPECT_EQ(r5.cache_misses, 1);
   EXPECT_EQ(fourth.train->size(), 3);
   for (const auto& e : fs::directory_iterator(c.cache_dir))
-    EXPECT_EQ(e.path().string().find(".tmp-"), std::string::npos) << "temporary left: " << e.path();
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << "temporary left: " << e.path();
 }
 
 }  // namespace

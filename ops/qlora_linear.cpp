@@ -1,5 +1,6 @@
-// QLoRA linear: forward and hand-written backward in one torch::autograd::Function, so the full-precision
-// base weight exists only transiently (dequantized in forward, and again in backward for grad x).
+// QLoRA linear: forward and hand-written backward in torch::autograd::Functions (with an adapter, and the
+// frozen base alone), so the full-precision base weight exists only transiently (dequantized in forward,
+// and again in backward for grad x). Both share base_forward / base_grad_x: one implementation of the math.
 #include "ops/qlora_linear.h"
 
 #include <torch/csrc/autograd/custom_function.h>
@@ -59,11 +60,21 @@ struct FrozenInputs {
   double scale;
 };
 
+// The frozen base, shared by both autograd functions below. y = x·deq(W)ᵀ + b: x [T, K] → [T, N].
+at::Tensor base_forward(const at::Tensor& x, const QuantState& weight, const at::Tensor& bias) {
+  const at::Tensor w = dequantize_as(weight, x.scalar_type());  // [N, K], dropped after this call
+  return bias.defined() ? at::addmm(bias.to(x.scalar_type()), x, w.t()) : at::mm(x, w.t());
+}
+
+// Its input gradient gx = gy·deq(W): gy [T, N] → [T, K] in dtype `t`, W dequantized again (never saved).
+at::Tensor base_grad_x(const at::Tensor& gy, const QuantState& weight, at::ScalarType t) {
+  return at::mm(gy.to(t), dequantize_as(weight, t));
+}
+
 // y = x·deq(W)ᵀ + b + s·(mask⊙x)·Aᵀ·Bᵀ; h = (mask⊙x)·Aᵀ [T, r] is returned for backward.
 at::Tensor qlora_forward(const at::Tensor& x, const at::Tensor& A, const at::Tensor& B, const FrozenInputs& f,
                          at::Tensor* h_out) {
-  const at::Tensor w = dequantize_as(*f.weight, x.scalar_type());  // [N, K], dropped after this call
-  at::Tensor y = f.bias.defined() ? at::addmm(f.bias.to(x.scalar_type()), x, w.t()) : at::mm(x, w.t());
+  at::Tensor y = base_forward(x, *f.weight, f.bias);  // [T, N]
   const at::Tensor xd = (f.mask.defined() ? x * f.mask : x).to(A.scalar_type());  // [T, K]
   const at::Tensor h = at::mm(xd, A.t());                                        // [T, r]
   y.add_(at::mm(h, B.t()).mul_(f.scale).to(y.scalar_type()));
@@ -104,14 +115,31 @@ struct QLoraLinearFunction : public torch::autograd::Function<QLoraLinearFunctio
       gA = at::mm(gh.t(), xd);  // [r, K]
     }
     if (ctx->needs_input_grad(0)) {
-      const at::Tensor w = dequantize_as(load_state(ctx), x.scalar_type());  // [N, K], re-dequantized
-      gx = at::mm(gy.to(x.scalar_type()), w);                                // [T, K]
+      gx = base_grad_x(gy, load_state(ctx), x.scalar_type());  // [T, K]
       at::Tensor gxd = at::mm(gh, A);                                        // [T, K]
       if (mask.defined()) gxd.mul_(mask);
       gx.add_(gxd.to(gx.scalar_type()));
     }
     // Inputs: x, A, B, frozen (W, bias, mask: no gradient by design).
     return {gx, gA, ctx->needs_input_grad(2) ? gB : at::Tensor(), at::Tensor()};
+  }
+};
+
+// A 4-bit linear without an adapter (target_modules narrower than all-linear): plain autograd through
+// at::linear(x, deq(W)) would save the full-precision W for grad x until backward; this saves only
+// the 4-bit state (and not x: W needs no gradient).
+struct FrozenLinearFunction : public torch::autograd::Function<FrozenLinearFunction> {
+  // x [T, K].
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const FrozenInputs* frozen) {
+    save_state(ctx, *frozen->weight);
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return base_forward(x, *frozen->weight, frozen->bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto t = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    at::Tensor gx = ctx->needs_input_grad(0) ? base_grad_x(grad_outputs[0], load_state(ctx), t) : at::Tensor();
+    return {gx, at::Tensor()};  // Inputs: x, frozen (W, bias: no gradient by design).
   }
 };
 
@@ -161,6 +189,22 @@ at::Tensor qlora_linear(const at::Tensor& x, const QLoraLinearArgs& args) {
   const int64_t K = w.shape[1];
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == K, "qlora_linear: x must be [..., K] with K = ", K, ", found ",
               x.sizes());
+  TORCH_CHECK(args.A.defined() == args.B.defined(), "qlora_linear: A and B must both be given (QLoRA) or both be "
+              "undefined (frozen linear), found A ", args.A.defined() ? "defined" : "undefined", " and B ",
+              args.B.defined() ? "defined" : "undefined");
+  TORCH_CHECK(!args.bias.defined() || (args.bias.dim() == 1 && args.bias.size(0) == N),
+              "qlora_linear: bias must be [N] with N = ", N, ", found ", args.bias.sizes());
+  TORCH_CHECK(!args.bias.defined() || !args.bias.requires_grad(),
+              "qlora_linear: bias is frozen in QLoRA and must not require grad");
+  std::vector<int64_t> out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  const at::Tensor x2 = x.reshape({-1, K});  // [T, K]
+  if (!args.A.defined()) {
+    TORCH_CHECK(!args.dropout_mask.defined(), "qlora_linear: a dropout_mask needs an adapter (A and B)");
+    const FrozenInputs frozen{args.weight, args.bias, at::Tensor(), 0.0};
+    if (!at::GradMode::is_enabled()) return base_forward(x2, w, args.bias).reshape(out_shape);
+    return FrozenLinearFunction::apply(x2, &frozen).reshape(out_shape);
+  }
   TORCH_CHECK(args.A.dim() == 2 && args.A.size(1) == K, "qlora_linear: A must be [r, K] with K = ", K, ", found ",
               args.A.sizes());
   const int64_t r = args.A.size(0);
@@ -168,16 +212,9 @@ at::Tensor qlora_linear(const at::Tensor& x, const QLoraLinearArgs& args) {
               "qlora_linear: B must be [N, r] = [", N, ", ", r, "], found ", args.B.sizes());
   TORCH_CHECK(args.A.scalar_type() == args.B.scalar_type(), "qlora_linear: A and B must share a dtype, found ",
               args.A.scalar_type(), " and ", args.B.scalar_type());
-  TORCH_CHECK(!args.bias.defined() || (args.bias.dim() == 1 && args.bias.size(0) == N),
-              "qlora_linear: bias must be [N] with N = ", N, ", found ", args.bias.sizes());
-  TORCH_CHECK(!args.bias.defined() || !args.bias.requires_grad(),
-              "qlora_linear: bias is frozen in QLoRA and must not require grad");
   TORCH_CHECK(!args.dropout_mask.defined() || args.dropout_mask.sizes() == x.sizes(),
               "qlora_linear: dropout_mask must have x's shape ", x.sizes(), ", found ", args.dropout_mask.sizes());
-  const at::Tensor x2 = x.reshape({-1, K});  // [T, K]
   const at::Tensor mask2 = args.dropout_mask.defined() ? args.dropout_mask.reshape({-1, K}) : at::Tensor();
-  std::vector<int64_t> out_shape = x.sizes().vec();
-  out_shape.back() = N;
   const FrozenInputs frozen{args.weight, args.bias, mask2, args.scale};
   // Without grad (evaluation, generation) there is no graph to build: plain forward math.
   if (!at::GradMode::is_enabled()) return qlora_forward(x2, args.A, args.B, frozen, nullptr).reshape(out_shape);

@@ -1,6 +1,8 @@
 // The QLoRA linear op: y = x·deq(W)ᵀ (+ bias) + s·(dropout(x)·Aᵀ)·Bᵀ as one autograd function.
 // W stays in NF4/FP4 (ops/nf4.h) and is dequantized again in backward, never saved in full precision;
 // bias is frozen; gradients flow to x, A and B only (formats.md §3.4 for the PEFT conventions).
+// Without an adapter (A and B undefined) the same op is the frozen 4-bit linear y = x·deq(W)ᵀ (+ bias),
+// differentiable in x only and equally free of a saved full-precision W.
 #pragma once
 #include "ops/nf4.h"
 
@@ -38,14 +40,14 @@ at::Tensor lora_dropout_mask(at::IntArrayRef x_shape, double p, at::Generator ge
 struct QLoraLinearArgs {
   const QuantState* weight = nullptr;  // W [N, K], frozen
   at::Tensor bias;                     // [N] or undefined; frozen (must not require grad)
-  at::Tensor A;                        // [r, K]
-  at::Tensor B;                        // [N, r]
+  at::Tensor A;                        // [r, K], or undefined (with B) for the frozen linear
+  at::Tensor B;                        // [N, r], or undefined (with A)
   double scale = 1.0;                  // lora_scale(config)
   at::Tensor dropout_mask;             // like x, or undefined for no dropout
 };
 
 // x [..., K] -> y [..., N] in x's dtype. The LoRA branch runs in A's dtype (fp32 master weights by default)
-// and is cast back, as PEFT does. Differentiable in x, A and B.
+// and is cast back, as PEFT does. Differentiable in x, A and B (in x only without an adapter).
 at::Tensor qlora_linear(const at::Tensor& x, const QLoraLinearArgs& args);
 
 }  // namespace qtrain::ops

@@ -1,5 +1,6 @@
 // QLoRA linear: outputs and gradients against a dense fp64 autograd reference built from the dequantized
-// weight, central finite differences, frozen W and bias, PEFT init, dropout replay, negative controls.
+// weight, central finite differences, frozen W and bias, PEFT init, dropout replay, the frozen linear
+// (no adapter), negative controls.
 #include "ops/qlora_linear.h"
 
 #include <gtest/gtest.h>
@@ -211,6 +212,48 @@ TEST(QLoraLinear, NegativeControlWrongMaskOrScaleIsDetected) {
   };
   EXPECT_TRUE(far(got.gA, no_mask.gA)) << "ignoring the mask must be caught by the grad comparison";
   EXPECT_TRUE(far(got.gB, wrong_scale.gB)) << "a wrong scale must be caught by the grad comparison";
+}
+
+// Without an adapter the op is the frozen 4-bit linear: y and grad x equal dense fp64 autograd through the
+// dequantized W, on odd shapes with and without bias; half an adapter is refused.
+TEST(QLoraLinear, FrozenLinearMatchesDenseFp64Reference) {
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  const std::vector<Case> cases = {{{5, 64}, 32, 0, true, 0.0}, {{2, 3, 96}, 40, 0, false, 0.0},
+                                   {{1, 130}, 7, 0, true, 0.0}, {{4, 2, 300}, 19, 0, false, 0.0}};
+  for (const Case& c : cases) {
+    const int64_t K = c.x_shape.back();
+    const QuantState w = qtrain::ops::quantize_4bit(at::randn({c.N, K}, gen), QuantParams{QuantType::kNF4, 64, true});
+    QLoraLinearArgs args;
+    args.weight = &w;
+    args.bias = c.bias ? at::randn({c.N}, gen) : at::Tensor();
+    at::Tensor x = at::randn(c.x_shape, gen).requires_grad_(true);
+    std::vector<int64_t> y_shape = c.x_shape;
+    y_shape.back() = c.N;
+    const at::Tensor gy = at::randn(y_shape, gen);
+    const at::Tensor y = qtrain::ops::qlora_linear(x, args);
+    const at::Tensor gx = torch::autograd::grad({y}, {x}, {gy})[0];
+    at::Tensor x64 = x.detach().to(at::kDouble).requires_grad_(true);
+    at::Tensor y64 = at::matmul(x64, qtrain::ops::dequantize_4bit(w, at::kFloat).to(at::kDouble).t());
+    if (c.bias) y64 = y64 + args.bias.to(at::kDouble);
+    const at::Tensor gx64 = torch::autograd::grad({y64}, {x64}, {gy.to(at::kDouble)})[0];
+    const std::string where = "frozen K=" + std::to_string(K) + " N=" + std::to_string(c.N);
+    expect_close(y.detach(), y64.detach(), "y " + where);
+    expect_close(gx, gx64, "grad x " + where);
+    // Negative control: the comparison must see a wrong weight (another draw quantized the same way).
+    const QuantState other = qtrain::ops::quantize_4bit(at::randn({c.N, K}, gen), QuantParams{QuantType::kNF4, 64, true});
+    QLoraLinearArgs wrong = args;
+    wrong.weight = &other;
+    const at::Tensor yw = qtrain::ops::qlora_linear(x.detach(), wrong);
+    EXPECT_TRUE(((yw.to(at::kDouble) - y64.detach()).abs() > 1e-3 + 1e-4 * y64.detach().abs()).any().item<bool>())
+        << "a different W must be caught by the output comparison";
+  }
+  QLoraLinearArgs half;
+  const QuantState w = qtrain::ops::quantize_4bit(at::randn({8, 64}), {});
+  half.weight = &w;
+  half.A = at::randn({2, 64});
+  EXPECT_THROW(qtrain::ops::qlora_linear(at::randn({3, 64}), half), c10::Error) << "A without B must be refused";
 }
 
 TEST(QLoraLinear, RejectsMismatchedShapes) {

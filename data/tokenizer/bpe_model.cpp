@@ -38,6 +38,12 @@ class BpeTokenizer final : public Tokenizer {
     for (const auto& [tok, id] : spec_.vocab) max_id = std::max(max_id, id);
     for (const auto& t : added_.tokens()) max_id = std::max(max_id, t.id);
     vocab_size_ = max_id + 1;
+    // The post-processor's ids go into every encoded sequence: they must be real tokens.
+    for (const auto& ids : {spec_.prefix, spec_.suffix})
+      for (int32_t id : ids)
+        if (id < 0 || id >= vocab_size_)
+          throw InputError(spec_.source.string() + ": post_processor: token id " + std::to_string(id) +
+                           " is outside the vocabulary [0, " + std::to_string(vocab_size_) + ")");
     id_to_token_.resize(vocab_size_);
     id_bytes_.resize(vocab_size_);
     is_model_token_.assign(vocab_size_, false);

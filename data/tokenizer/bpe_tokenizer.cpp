@@ -25,12 +25,18 @@ bool get_flag(const nlohmann::json& node, const char* key, bool fallback, const 
   return it->get<bool>();
 }
 
+int32_t token_id(const nlohmann::json& v, const std::filesystem::path& path, const std::string& where) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTokenId)
+    throw_bad_key(path, where, "a token id in [0, 2^24)", v);
+  return v.get<int32_t>();
+}
+
 void read_vocab(const nlohmann::json& v, const std::filesystem::path& path, const std::string& where, BpeSpec& spec) {
   if (!v.is_object()) throw_bad_key(path, where, "an object {token: id}", v);
   spec.vocab.reserve(v.size());
   for (const auto& [tok, id] : v.items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-      throw_bad_key(path, where + "." + tok, "a non-negative integer id", id);
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
+      throw_bad_key(path, where + "." + tok, "a token id in [0, 2^24)", id);
     spec.vocab.emplace(tok, id.get<int32_t>());
   }
 }
@@ -59,7 +65,7 @@ void read_pre_tokenizer(const nlohmann::json& p, const std::filesystem::path& pa
     spec.add_prefix_space = get_flag(p, "add_prefix_space", false, path, where);
     if (get_flag(p, "use_regex", true, path, where)) spec.splits.emplace_back(kGpt2Pattern, path.string() + ": " + where);
   } else if (t == "Split") {
-    const std::string behavior = p.value("behavior", "");
+    const std::string behavior = p.contains("behavior") && p["behavior"].is_string() ? p["behavior"].get<std::string>() : "";
     if (behavior != "Isolated" || get_flag(p, "invert", false, path, where))
       throw InputError(path.string() + ": key '" + where + "': Split with behavior '" + behavior +
                        "' is not supported (supported: Isolated, invert false)");
@@ -98,11 +104,13 @@ void read_post_processor(const nlohmann::json& p, const std::filesystem::path& p
       if (item.contains("Sequence")) {
         after = true;
       } else if (item.contains("SpecialToken") && item["SpecialToken"].contains("id")) {
-        const std::string name = item["SpecialToken"]["id"].get<std::string>();
-        if (!specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
+        const auto& name_json = item["SpecialToken"]["id"];
+        if (!name_json.is_string()) throw_bad_key(path, at + ".SpecialToken.id", "a string", name_json);
+        const std::string name = name_json.get<std::string>();
+        if (!specials.is_object() || !specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
           throw InputError(path.string() + ": key '" + at + "': special token '" + name + "' has no ids in " + where +
                            ".special_tokens");
-        for (const auto& id : specials[name]["ids"]) (after ? suffix : prefix).push_back(id.get<int32_t>());
+        for (const auto& id : specials[name]["ids"]) (after ? suffix : prefix).push_back(token_id(id, path, where + ".special_tokens." + name));
       } else {
         throw_bad_key(path, at, "{\"Sequence\": ...} or {\"SpecialToken\": ...}", item);
       }
@@ -114,8 +122,8 @@ void read_post_processor(const nlohmann::json& p, const std::filesystem::path& p
     const auto& sep = p.contains("sep") ? p["sep"] : nlohmann::json();
     if (!cls.is_array() || cls.size() != 2 || !sep.is_array() || sep.size() != 2)
       throw_bad_key(path, where, "cls and sep as [token, id]", p);
-    prefix.push_back(cls[1].get<int32_t>());
-    suffix.push_back(sep[1].get<int32_t>());
+    prefix.push_back(token_id(cls[1], path, where + ".cls"));
+    suffix.push_back(token_id(sep[1], path, where + ".sep"));
     return;
   }
   throw InputError(path.string() + ": key '" + where + "': post-processor '" + (t.empty() ? p.dump() : t) +
@@ -161,6 +169,8 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer_from_json(const std::filesystem::p
   const auto& model = j.contains("model") ? j["model"] : nlohmann::json();
   if (type_of(model) != "BPE")
     throw InputError(path.string() + ": key 'model.type': '" + type_of(model) + "' is not supported (supported: BPE)");
+  if (model.contains("dropout") && !model["dropout"].is_null() && !model["dropout"].is_number())
+    throw_bad_key(path, "model.dropout", "a number or null", model["dropout"]);
   if (model.contains("dropout") && !model["dropout"].is_null() && model["dropout"].get<double>() != 0.0)
     throw InputError(path.string() + ": key 'model.dropout': BPE dropout is not supported for encoding");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
@@ -210,7 +220,7 @@ std::unique_ptr<Tokenizer> make_bpe_tokenizer_from_json(const std::filesystem::p
           !t["content"].is_string())
         throw_bad_key(path, where, "an object with an integer \"id\" and a string \"content\"", t);
       AddedToken tok;
-      tok.id = t["id"].get<int32_t>();
+      tok.id = token_id(t["id"], path, where + ".id");
       tok.content = t["content"].get<std::string>();
       tok.special = get_flag(t, "special", false, path, where);
       tok.lstrip = get_flag(t, "lstrip", false, path, where);

@@ -245,6 +245,10 @@ class SentencePieceTokenizer final : public Tokenizer {
     if (id < 0 || id >= vocab_size_)
       throw InputError("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(vocab_size_) +
                        ") of " + file_.string());
+    // Added tokens may leave a gap above the model's pieces; the library does not range-check its ids.
+    if (id >= sp_.GetPieceSize() && !added_.by_id(id))
+      throw InputError("token id " + std::to_string(id) + " is neither one of the " + std::to_string(sp_.GetPieceSize()) +
+                       " pieces of " + file_.string() + " nor an added token");
   }
 
   // HF's Replace("▁", " ") decoder step.

@@ -107,9 +107,9 @@ TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir) {
         try {
           size_t used = 0;
           t.id = std::stoi(id_str, &used);
-          if (used != id_str.size() || t.id < 0) throw std::invalid_argument(id_str);
+          if (used != id_str.size() || t.id < 0 || t.id > kMaxTokenId) throw std::invalid_argument(id_str);
         } catch (const std::exception&) {
-          throw_bad_key(cfg_path, where, "a non-negative integer id as the key", nlohmann::json(id_str));
+          throw_bad_key(cfg_path, where, "a token id in [0, 2^24) as the key", nlohmann::json(id_str));
         }
         if (!tok.is_object()) throw_bad_key(cfg_path, where, "an object", tok);
         t.content = token_content(tok, cfg_path, where);
@@ -146,7 +146,8 @@ TokenizerConfig read_tokenizer_config(const std::filesystem::path& dir) {
     const nlohmann::json j = read_json_file(added_path);
     if (!j.is_object()) throw_bad_key(added_path, "(top level)", "an object {token: id}", j);
     for (const auto& [content, id] : j.items()) {
-      if (!id.is_number_integer() || id.get<int64_t>() < 0) throw_bad_key(added_path, content, "a non-negative integer id", id);
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
+        throw_bad_key(added_path, content, "a token id in [0, 2^24)", id);
       bool known = false;
       for (const auto& t : c.added_tokens) known |= t.content == content;
       if (known) continue;

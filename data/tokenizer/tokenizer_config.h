@@ -24,6 +24,10 @@ struct RoleToken {
   std::optional<std::string> content;
 };
 
+// The largest token id any tokenizer file may use: far above real vocabularies (256k), low enough that
+// tables indexed by id stay small when a malformed file names an id like 2^31 - 1.
+inline constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+
 struct TokenizerConfig {
   std::filesystem::path dir;
   std::string tokenizer_class;  // "" when tokenizer_config.json is absent or silent

@@ -155,6 +155,10 @@ def sentencepiece_seeds(shared, out):
     legacy = json.dumps({"legacy": True, "add_bos_token": True, "add_eos_token": True, "add_prefix_space": False,
                          "added_tokens_decoder": {"512": {"content": "[INST]", "special": True, "rstrip": True}}})
     (d / "tok512-legacy").write_bytes(parts(model, legacy, "[INST] Hello\nworld [INST]"))
+    # Regression (built here: the model file must not be copied into the repository): an added token
+    # far above the 512 pieces left ids in the gap that reached libsentencepiece unchecked.
+    gap = json.dumps({"added_tokens_decoder": {"2000": {"content": "<x>", "special": True}}})
+    (d / "regression-added-token-gap").write_bytes(parts(model, gap, "Hello<x>"))
 
 
 def hf_config_seeds(shared, out, repo):

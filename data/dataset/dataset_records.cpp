@@ -79,12 +79,16 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
   const std::string too_deep = ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels";
   // A single deep object is read line by line below, where the deep line is reported on its own.
   if (!lines && text[first] == '{' && json_too_deep_at(text) == std::string::npos) {
+    // json::exception, not only parse_error: a number too large for a double is an out_of_range.
+    nlohmann::json j;
     try {
-      const auto j = nlohmann::json::parse(text);
-      on_record(Record{j, name + ":" + std::to_string(line_of(text, first))});
-      return;
-    } catch (const nlohmann::json::parse_error&) {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception&) {
       lines = true;
+    }
+    if (!lines) {
+      on_record(Record{std::move(j), name + ":" + std::to_string(line_of(text, first))});
+      return;
     }
   }
   if (lines) {
@@ -101,15 +105,18 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
         on_bad(where + too_deep);
         continue;
       }
+      nlohmann::json j;
       try {
-        on_record(Record{nlohmann::json::parse(line), where});
-      } catch (const nlohmann::json::parse_error& e) {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
         const size_t bad = utf8::find_invalid(line);
         if (bad != std::string::npos)
           on_bad(where + ": invalid UTF-8 at column " + std::to_string(bad + 1));
         else
           on_bad(where + ": malformed JSON line (" + std::string(e.what()) + ")");
+        continue;
       }
+      on_record(Record{std::move(j), where});
     }
     return;
   }
@@ -125,6 +132,8 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
     if (bad != std::string::npos)
       throw InputError(name + ":" + std::to_string(line_of(text, bad)) + ": invalid UTF-8 at byte " + std::to_string(bad));
     throw InputError(name + ":" + std::to_string(line_of(text, at)) + ": malformed JSON (" + e.what() + ")");
+  } catch (const nlohmann::json::exception& e) {  // out_of_range: a number too large for a double
+    throw InputError(name + ": malformed JSON (" + e.what() + ")");
   }
   if (!all.is_array())
     throw InputError(name + ": expected a JSON array of records (or JSON lines), found " + std::string(all.type_name()));

@@ -137,7 +137,7 @@ ModelConfig parse_model_config_text(const std::string& text, const std::string& 
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number too large for a double
     throw InputError(source + ": not valid JSON: " + e.what());
   }
   if (!j.is_object()) throw InputError(source + ": expected a JSON object");

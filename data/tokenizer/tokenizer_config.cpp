@@ -69,6 +69,8 @@ nlohmann::json read_json_file(const std::filesystem::path& path) {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     throw InputError(path.string() + line_col(e.byte == 0 ? 0 : e.byte - 1) + ": malformed JSON (" + e.what() + ")");
+  } catch (const nlohmann::json::exception& e) {  // out_of_range: a number too large for a double
+    throw InputError(path.string() + ": malformed JSON (" + e.what() + ")");
   }
 }
 

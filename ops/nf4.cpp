@@ -25,10 +25,8 @@ bool is_float_dtype(at::ScalarType t) {
 }
 
 void check_params(const QuantParams& p) {
-  const int64_t bs = p.blocksize;
-  TORCH_CHECK(bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0,
-              "quantize_4bit: blocksize must be one of 32, 64, 128, 256, 512, 1024, 2048, 4096 (bitsandbytes 0.50), "
-              "found ", bs);
+  TORCH_CHECK(valid_blocksize(p.blocksize), "quantize_4bit: blocksize must be ", kBlocksizeChoices, ", found ",
+              p.blocksize);
   (void)type_name(p.type);  // rejects an out-of-range enum value
 }
 

@@ -19,6 +19,13 @@ namespace qtrain::ops {
 
 enum class QuantType : uint8_t { kNF4, kFP4 };
 
+// The blocksizes bitsandbytes 0.50 accepts: powers of two from 32 to 4096. Every check of a blocksize
+// (the op, recipes, `qtrain quantize`) uses this one, and says kBlocksizeChoices when it fails.
+constexpr bool valid_blocksize(int64_t blocksize) {
+  return blocksize >= 32 && blocksize <= 4096 && (blocksize & (blocksize - 1)) == 0;
+}
+inline constexpr const char* kBlocksizeChoices = "one of 32, 64, 128, 256, 512, 1024, 2048, 4096 (bitsandbytes 0.50)";
+
 struct QuantParams {
   QuantType type = QuantType::kNF4;
   int64_t blocksize = 64;    // one of 32, 64, ..., 4096 (bnb 0.50); HF checkpoints always use 64

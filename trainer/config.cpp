@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <charconv>
 #include <functional>
 #include <sstream>
 
+#include "trainer/model/linear_modules.h"
 #include "data/error.h"
 
 namespace qtrain {
@@ -120,11 +122,12 @@ std::string yaml_scalar(const std::string& s) {
   e << YAML::DoubleQuoted << s;
   return e.c_str();
 }
+// The shortest decimal that parses back to the same double (0.05, not 0.050000000000000003).
 std::string yaml_number(double v) {
-  std::ostringstream os;
-  os.precision(17);
-  os << v;
-  return os.str();
+  char buf[32];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  if (ec != std::errc()) throw std::logic_error("recipe: cannot print the number " + std::to_string(v));
+  return std::string(buf, end);
 }
 
 // One recipe key: how to parse it into the Recipe and how to print it back.
@@ -265,13 +268,13 @@ void validate(const Recipe& r, Problems& p) {
     if (!(v > 0)) p.add(key, "must be positive, found " + yaml_number(v));
   };
   if (r.model.path.empty()) p.add("model.path", "missing (the Hugging Face model directory to fine-tune)");
-  const std::vector<std::string> known = {"all-linear", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   if (r.model.target_modules.empty()) p.add("model.target_modules", "must name at least one module");
   for (const auto& m : r.model.target_modules)
-    if (std::find(known.begin(), known.end(), m) == known.end())
-      p.add("model.target_modules", "unknown module '" + m + "' (expected all-linear or some of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)");
-  const int64_t bs = r.quantization.blocksize;
-  if (bs < 32 || bs > 4096 || (bs & (bs - 1)) != 0) p.add("quantization.blocksize", "must be a power of two in [32, 4096], found " + std::to_string(bs));
+    if (!is_target_module_name(m))
+      p.add("model.target_modules", "unknown module '" + m + "' (expected " + target_module_names() + ")");
+  if (!ops::valid_blocksize(r.quantization.blocksize))
+    p.add("quantization.blocksize", std::string("must be ") + ops::kBlocksizeChoices + ", found " +
+                                        std::to_string(r.quantization.blocksize));
   positive("lora.r", static_cast<double>(r.lora.r));
   positive("lora.alpha", r.lora.alpha);
   if (r.lora.dropout < 0 || r.lora.dropout >= 1) p.add("lora.dropout", "must be in [0, 1), found " + yaml_number(r.lora.dropout));

@@ -4,27 +4,12 @@
 #include <cmath>
 
 #include "data/error.h"
+#include "ops/dtype_names.h"
 
 namespace qtrain::bnb {
 namespace {
 
 const char* type_suffix(ops::QuantType t) { return t == ops::QuantType::kNF4 ? "nf4" : "fp4"; }
-
-std::string dtype_string(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16: return "bfloat16";
-    case at::kHalf: return "float16";
-    case at::kFloat: return "float32";
-    default: throw std::invalid_argument(std::string("bnb: no bitsandbytes dtype name for ") + c10::toString(t));
-  }
-}
-
-std::optional<at::ScalarType> parse_dtype(const std::string& s) {
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float16") return at::kHalf;
-  if (s == "float32") return at::kFloat;
-  return std::nullopt;
-}
 
 std::string blob_name(const std::string& weight_name, ops::QuantType t) {
   return weight_name + ".quant_state.bitsandbytes__" + type_suffix(t);
@@ -90,8 +75,8 @@ ops::QuantState load(const safetensors::Checkpoint& ckpt, const std::string& w, 
       fail("quant_type '" + j.at("quant_type").get<std::string>() + "' disagrees with the tensor name '" + blob_key + "'");
     s.blocksize = j.at("blocksize").get<int64_t>();
     s.shape = j.at("shape").get<std::vector<int64_t>>();
-    const auto dt = parse_dtype(j.at("dtype").get<std::string>());
-    if (!dt) fail("unsupported dtype '" + j.at("dtype").get<std::string>() + "' (expected bfloat16, float16 or float32)");
+    const auto dt = ops::parse_dtype(j.at("dtype").get<std::string>());
+    if (!dt) fail("unsupported dtype '" + j.at("dtype").get<std::string>() + "' (expected " + std::string(ops::kDtypeNameList) + ")");
     s.dtype = *dt;
     if (j.contains("nested_blocksize")) {
       s.nested_blocksize = j.at("nested_blocksize").get<int64_t>();
@@ -133,7 +118,7 @@ std::map<std::string, at::Tensor> to_tensors(const std::string& w, const ops::Qu
   out[w + ".quant_map"] = ops::code_table(s.type);
   // json.dumps of bitsandbytes' QuantState.as_dict(packed=True): this key order, ", " and ": ".
   std::string js = std::string("{\"quant_type\": \"") + type_suffix(s.type) + "\", \"blocksize\": " + std::to_string(s.blocksize) +
-                   ", \"dtype\": \"" + dtype_string(s.dtype) + "\", \"shape\": [";
+                   ", \"dtype\": \"" + ops::dtype_name(s.dtype) + "\", \"shape\": [";
   for (std::size_t i = 0; i < s.shape.size(); ++i) js += (i ? ", " : "") + std::to_string(s.shape[i]);
   js += "]";
   if (s.double_quant()) {
@@ -153,7 +138,7 @@ nlohmann::ordered_json quantization_config(const ops::QuantParams& p, at::Scalar
   nlohmann::ordered_json q;
   q["_load_in_4bit"] = true;
   q["_load_in_8bit"] = false;
-  q["bnb_4bit_compute_dtype"] = dtype_string(compute_dtype);
+  q["bnb_4bit_compute_dtype"] = ops::dtype_name(compute_dtype);
   q["bnb_4bit_quant_storage"] = "uint8";
   q["bnb_4bit_quant_type"] = type_suffix(p.type);
   q["bnb_4bit_use_double_quant"] = p.double_quant;

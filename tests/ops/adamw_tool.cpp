@@ -12,6 +12,7 @@
 //                        param after each step).
 // Exit status: 0 ok, 1 the op rejected its input (message on stderr), 2 usage or manifest error.
 #include "ops/adamw.h"
+#include "ops/dtype_names.h"
 #include "tests/ops/tool_io.h"
 
 #include <filesystem>
@@ -34,10 +35,12 @@ using qtrain::test_tools::read_manifest;
 using qtrain::test_tools::read_tensor;
 using qtrain::test_tools::write_tensor;
 
+// The AdamW parameter dtypes (bnb's 32-bit optimizer state over fp32 or bf16 parameters).
 at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "bfloat16") return at::kBFloat16;
-  throw UsageError("unknown dtype '" + s + "' (expected float32, bfloat16)");
+  const auto t = qtrain::ops::parse_dtype(s);
+  if (!t || (*t != at::kFloat && *t != at::kBFloat16))
+    throw UsageError("unknown dtype '" + s + "' (expected float32, bfloat16)");
+  return *t;
 }
 
 

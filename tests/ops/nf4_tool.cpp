@@ -11,6 +11,7 @@
 //   nf4_tool bench DIR       As dequantize, repeated "reps" times (manifest key); prints the best time in
 //                            seconds of one dequantize (used by scripts/bench/nf4_dequant_cpu.py).
 // Exit status: 0 ok, 1 an op rejected its input (message on stderr), 2 usage error.
+#include "ops/dtype_names.h"
 #include "ops/nf4.h"
 #include "tests/ops/tool_io.h"
 
@@ -39,10 +40,8 @@ using qtrain::test_tools::read_tensor;
 using qtrain::test_tools::write_tensor;
 
 at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "float32") return at::kFloat;
-  if (s == "bfloat16") return at::kBFloat16;
-  if (s == "float16") return at::kHalf;
-  throw std::invalid_argument("unknown dtype '" + s + "' (expected float32, bfloat16, float16)");
+  if (const auto t = qtrain::ops::parse_dtype(s)) return *t;
+  throw std::invalid_argument("unknown dtype '" + s + "' (expected " + std::string(qtrain::ops::kDtypeNameList) + ")");
 }
 
 QuantType parse_type(const std::string& s) {

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <tuple>
+#include <vector>
 
 #include "data/error.h"
 #include "trainer/config.h"
@@ -43,6 +45,49 @@ TEST(Recipe, EveryShippedRecipeLoadsAndRoundTrips) {
     fs::remove(again);
   }
   EXPECT_GE(n, 2) << "recipes/ should hold at least guanaco.yaml and quickstart.yaml";
+}
+
+// --print-config prints each number as the shortest decimal that parses back to the same double: the
+// defaults read as written (dropout 0.05, not 0.050000000000000003), and a value with no short form
+// (0.1 + 0.2) keeps all its digits, so the printed recipe re-loads to bit-identical values.
+TEST(Recipe, PrintConfigIsShortestAndReloadsIdentically) {
+  const fs::path p = write_temp("model:\n  path: m\ndata:\n  files: [a.jsonl]\n");
+  const double third = 1.0 / 3.0, awkward = 0.1 + 0.2;
+  char third_text[40], awkward_text[40];
+  std::snprintf(third_text, sizeof third_text, "%.17g", third);
+  std::snprintf(awkward_text, sizeof awkward_text, "%.17g", awkward);
+  const Recipe r = load_recipe(p, {std::string("training.weight_decay=") + third_text,
+                                   std::string("lora.dropout=") + awkward_text, "training.learning_rate=2e-4"});
+  ASSERT_EQ(r.training.weight_decay, third);
+  ASSERT_EQ(r.lora.dropout, awkward);
+  const std::string yaml = recipe_to_yaml(r);
+  EXPECT_NE(yaml.find("dropout: 0.30000000000000004\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("learning_rate: 2e-04\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("beta2: 0.999\n"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("eps: 1e-08\n"), std::string::npos) << yaml;
+
+  const fs::path again = write_temp(yaml);
+  const Recipe r2 = load_recipe(again);
+  // Exact equality on purpose: a printed value that lost a bit fails here.
+  for (const auto& [name, a, b] : std::vector<std::tuple<std::string, double, double>>{
+           {"lora.alpha", r.lora.alpha, r2.lora.alpha},
+           {"lora.dropout", r.lora.dropout, r2.lora.dropout},
+           {"training.epochs", r.training.epochs, r2.training.epochs},
+           {"training.learning_rate", r.training.learning_rate, r2.training.learning_rate},
+           {"training.max_grad_norm", r.training.max_grad_norm, r2.training.max_grad_norm},
+           {"training.weight_decay", r.training.weight_decay, r2.training.weight_decay},
+           {"optimizer.beta1", r.optimizer.beta1, r2.optimizer.beta1},
+           {"optimizer.beta2", r.optimizer.beta2, r2.optimizer.beta2},
+           {"optimizer.eps", r.optimizer.eps, r2.optimizer.eps}})
+    EXPECT_EQ(a, b) << name;
+  EXPECT_EQ(recipe_to_yaml(r2), yaml);
+  EXPECT_EQ(recipe_hash(r2), recipe_hash(r));
+
+  // The default dropout prints as written.
+  const std::string defaults = recipe_to_yaml(load_recipe(p));
+  EXPECT_NE(defaults.find("dropout: 0.05\n"), std::string::npos) << defaults;
+  fs::remove(p);
+  fs::remove(again);
 }
 
 TEST(Recipe, GuanacoHasTheReferenceValues) {
@@ -92,6 +137,20 @@ TEST(Recipe, SetOverridesAndValidates) {
   // The hash ignores what a resumed run may change, and sees what it may not.
   EXPECT_EQ(recipe_hash(load_recipe(p, {"training.max_steps=7"})), recipe_hash(load_recipe(p)));
   EXPECT_NE(recipe_hash(load_recipe(p, {"lora.r=4"})), recipe_hash(load_recipe(p)));
+  fs::remove(p);
+}
+
+// The recipe checks the blocksize with the op's own rule (ops::valid_blocksize) and lists the choices.
+TEST(Recipe, BlocksizeIsCheckedByTheOpsRule) {
+  const fs::path p = write_temp("model:\n  path: m\ndata:\n  files: [a.jsonl]\n");
+  for (const char* bad : {"48", "16", "8192", "0", "-64"}) {
+    const std::string err = error_of(p, {std::string("quantization.blocksize=") + bad});
+    EXPECT_NE(err.find(std::string("quantization.blocksize: must be ") + ops::kBlocksizeChoices + ", found " + bad),
+              std::string::npos)
+        << err;
+  }
+  for (const char* good : {"32", "64", "4096"})
+    EXPECT_EQ(error_of(p, {std::string("quantization.blocksize=") + good}), "(no error)") << good;
   fs::remove(p);
 }
 

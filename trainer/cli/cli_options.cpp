@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "data/error.h"
+#include "ops/dtype_names.h"
 
 namespace qtrain::cli {
 
@@ -21,10 +22,9 @@ std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args
 }
 
 at::ScalarType parse_dtype_option(const std::string& s, const std::string& option) {
-  if (s == "float32" || s == "fp32") return at::kFloat;
-  if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
-  if (s == "float16" || s == "fp16") return at::kHalf;
-  throw UsageError("--" + option + " '" + s + "' is not a dtype (expected float32, bfloat16 or float16)");
+  if (const auto t = ops::parse_dtype_or_alias(s)) return *t;
+  throw UsageError("--" + option + " '" + s + "' is not a dtype (expected " + std::string(ops::kDtypeNameList) +
+                   ", or fp32, bf16, fp16)");
 }
 
 at::Device parse_device_option(const std::string& s, const std::string& option) {

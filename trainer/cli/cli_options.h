@@ -24,7 +24,7 @@ struct VerbSpec {
 // po::error, which run() reports as a usage error (exit 2).
 std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args, VerbSpec& spec);
 
-at::ScalarType parse_dtype_option(const std::string& s, const std::string& option);  // float32|bfloat16|float16
+at::ScalarType parse_dtype_option(const std::string& s, const std::string& option);  // ops/dtype_names.h, aliases too
 at::Device parse_device_option(const std::string& s, const std::string& option);     // cpu|cuda|cuda:N
 
 }  // namespace qtrain::cli

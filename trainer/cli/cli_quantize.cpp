@@ -7,6 +7,7 @@
 
 #include "data/error.h"
 #include "data/io/bnb_format.h"
+#include "ops/dtype_names.h"
 #include "trainer/cli/cli.h"
 #include "trainer/cli/cli_options.h"
 #include "trainer/model/model.h"
@@ -25,15 +26,8 @@ nlohmann::ordered_json read_config(const std::filesystem::path& dir) {
   }
 }
 
-std::string dtype_name(at::ScalarType t) {
-  return t == at::kBFloat16 ? "bfloat16" : t == at::kHalf ? "float16" : "float32";
-}
-
-at::ScalarType checkpoint_dtype(const ModelConfig& c) {
-  if (c.torch_dtype == "bfloat16") return at::kBFloat16;
-  if (c.torch_dtype == "float16") return at::kHalf;
-  return at::kFloat;
-}
+// transformers writes no torch_dtype for float32 checkpoints, and "float32" or "auto" in some versions.
+at::ScalarType checkpoint_dtype(const ModelConfig& c) { return ops::parse_dtype(c.torch_dtype).value_or(at::kFloat); }
 
 }  // namespace
 
@@ -59,8 +53,8 @@ int run_quantize(const std::vector<std::string>& args) {
   if (quant_type == "nf4") qp.type = ops::QuantType::kNF4;
   else if (quant_type == "fp4") qp.type = ops::QuantType::kFP4;
   else throw UsageError("--quant-type '" + quant_type + "' must be nf4 or fp4");
-  if (blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)) != 0)
-    throw UsageError("--blocksize " + std::to_string(blocksize) + " must be a power of two in [32, 4096]");
+  if (!ops::valid_blocksize(blocksize))
+    throw UsageError("--blocksize " + std::to_string(blocksize) + " must be " + ops::kBlocksizeChoices);
   qp.blocksize = blocksize;
   qp.double_quant = !vm->count("no-double-quant");
   const at::ScalarType compute = parse_dtype_option(compute_dtype, "compute-dtype");
@@ -108,7 +102,7 @@ int run_dequantize(const std::vector<std::string>& args) {
   ModelDirContents c;
   c.config = read_config(dir);
   c.config.erase("quantization_config");
-  c.config["torch_dtype"] = dtype_name(opts.dtype);
+  c.config["torch_dtype"] = ops::dtype_name(opts.dtype);
   c.tensors = m.state_tensors();
   m.for_each_linear([&](const std::string& name, const Linear& l) {
     if (!l.qweight) return;
@@ -120,7 +114,7 @@ int run_dequantize(const std::vector<std::string>& args) {
   c.copy_files_from = dir;
   c.max_shard_bytes = max_shard;
   write_model_dir(out, c);
-  std::cerr << "dequantize: " << dir.string() << " → " << out << " (" << dtype_name(opts.dtype) << ")\n";
+  std::cerr << "dequantize: " << dir.string() << " → " << out << " (" << ops::dtype_name(opts.dtype) << ")\n";
   return 0;
 }
 

@@ -3,9 +3,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 namespace qtrain {
 
@@ -20,21 +23,24 @@ MetricsLog::~MetricsLog() {
 
 void MetricsLog::record(const std::string& kind, int64_t step, const std::map<std::string, double>& values) {
   if (!enabled_) return;
-  std::ostringstream j;
-  j.precision(8);
-  j << "{\"kind\": \"" << kind << "\", \"step\": " << step;
-  for (const auto& [k, v] : values) {
-    j << ", \"" << k << "\": ";
-    if (std::isfinite(v)) j << v; else j << "null";  // JSON has no NaN
-  }
-  j << "}\n";
-  out_ << j.str();
+  nlohmann::ordered_json j;  // kind, step, then the values in name order
+  j["kind"] = kind;
+  j["step"] = step;
+  for (const auto& [k, v] : values) j[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nullptr;  // JSON has no NaN
+  // Every key and value is nlohmann's (escaping, shortest round-trip numbers); only the separators are
+  // ours: ", " and ": " as Python's json.dumps writes them, so a line reads the same as before to a
+  // person or a grep for "kind": "train".
+  std::string text = "{";
+  for (const auto& e : j.items())
+    text += (text.size() > 1 ? ", " : "") + nlohmann::json(e.key()).dump() + ": " + e.value().dump();
+  out_ << text << "}\n";
   out_.flush();
 
   auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? NAN : it->second; };
   char line[256];
   if (kind == "train") {
-    const double eta = get("eta_s");
+    // Converting a NaN or huge double to int is undefined: an unknown eta prints as 0m00s.
+    const double eta = std::isfinite(get("eta_s")) ? std::clamp(get("eta_s"), 0.0, 1e8) : 0.0;
     std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad %.3f  %.0f tok/s  mem %.0f MiB  eta %dm%02ds",
                   static_cast<long long>(step), static_cast<long long>(total_), get("loss"), get("lr"), get("grad_norm"),
                   get("tokens_per_s"), get("peak_mem_mib"), static_cast<int>(eta / 60), static_cast<int>(std::fmod(eta, 60)));

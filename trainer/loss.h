@@ -10,7 +10,7 @@
 namespace qtrain {
 
 struct LossSum {
-  at::Tensor sum;        // scalar fp32: Σ CE over the batch's target tokens (differentiable)
+  at::Tensor sum;        // scalar: Σ CE over the batch's target tokens (fp32 with grad; fp64 without, from the backward form)
   at::Tensor correct;    // scalar int64: targets whose argmax prediction is right (no grad)
   int64_t tokens = 0;    // target tokens counted
 };

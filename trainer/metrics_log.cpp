@@ -10,11 +10,27 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/io/atomic_file.h"
+
 namespace qtrain {
 
-MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, bool append)
+MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, std::optional<int64_t> resumed_at)
     : enabled_(enabled), tty_(isatty(fileno(stderr)) != 0), total_(total_steps) {
-  if (enabled_) out_.open(jsonl, append ? std::ios::app : std::ios::trunc);
+  if (!enabled_) return;
+  if (resumed_at && std::filesystem::exists(jsonl)) {
+    // Keep the records up to the checkpoint; a torn last line (the process was killed mid-write)
+    // does not parse and goes too. Rewritten atomically, so a crash here loses nothing.
+    std::ifstream in(jsonl);
+    std::string kept;
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= *resumed_at)
+        kept += line + "\n";
+    }
+    write_file_atomic(jsonl, kept);
+  }
+  out_.open(jsonl, resumed_at ? std::ios::app : std::ios::trunc);
+  if (!out_) throw std::runtime_error(jsonl.string() + ": cannot open for writing");
 }
 
 MetricsLog::~MetricsLog() {

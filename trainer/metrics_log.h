@@ -7,13 +7,17 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <string>
 
 namespace qtrain {
 
 class MetricsLog {
  public:
-  MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, bool append);
+  // resumed_at: the step a resumed run continues from. Records after it (written by the run that
+  // was interrupted, after its last checkpoint) are dropped so metrics.jsonl has each step once;
+  // nullopt starts a new file.
+  MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, std::optional<int64_t> resumed_at);
   ~MetricsLog();
 
   // One record: {"kind": kind, "step": step, ...values}; printed as a progress line when kind == "train".

@@ -1,5 +1,7 @@
 #include "trainer/stop_signal.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <csignal>
 
@@ -8,7 +10,17 @@ namespace {
 std::atomic<int> g_signal{0};  // see the header: a handler can only reach static storage
 struct sigaction g_old_int, g_old_term;
 
-void on_signal(int sig) { g_signal.store(sig); }
+void on_signal(int sig) {
+  if (g_signal.exchange(sig) != 0) {
+    // The second signal: the user (or the scheduler) will not wait for the checkpoint. Every
+    // checkpoint on disk is complete (written aside, renamed into place), so leaving now loses only
+    // the one being written. Only async-signal-safe calls here.
+    static const char msg[] = "\nqtrain: second signal, exiting now (the last complete checkpoint is intact)\n";
+    ssize_t ignored = ::write(STDERR_FILENO, msg, sizeof msg - 1);
+    (void)ignored;
+    ::_exit(128 + sig);
+  }
+}
 }  // namespace
 
 StopSignalGuard::StopSignalGuard() {

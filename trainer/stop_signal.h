@@ -1,5 +1,6 @@
 // SIGINT / SIGTERM (Ctrl-C, Slurm pre-emption) turn into a request the training loop polls between
-// steps: it then writes a checkpoint and exits cleanly. The flag is the one piece of process-wide
+// micro-batches and eval batches: it then writes a checkpoint of the last complete step and exits
+// cleanly. A second signal exits at once (status 128 + signal), leaving the last complete checkpoint. The flag is the one piece of process-wide
 // state in qtrain, because a signal handler can reach nothing else; the guard scopes it to a run.
 #pragma once
 

@@ -102,21 +102,23 @@ void save_trainer_state(const fs::path& path, const TrainerState& s) {
     try {
     {
       Id f(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, "create " + tmp.string());
-      write_attr_i64(f, "format_version", 1);
+      write_attr_i64(f, "format_version", 2);
       write_attr_i64(f, "step", s.step);
       write_attr_i64(f, "tokens", s.tokens);
       write_attr_i64(f, "cursor_epoch", s.cursor_epoch);
       write_attr_i64(f, "cursor_position", s.cursor_position);
       write_attr_i64(f, "cursor_seed", static_cast<int64_t>(s.cursor_seed));
+      write_attr_i64(f, "total_steps", s.total_steps);
       write_attr_str(f, "recipe_hash", s.recipe_hash);
       if (s.rng_state.defined()) write_tensor(f, "rng_state", s.rng_state);
-      write_attr_i64(f, "num_params", static_cast<int64_t>(s.optimizer.size()));
-      for (std::size_t i = 0; i < s.optimizer.size(); ++i) {
-        const std::string g = "optimizer/" + std::to_string(i);
-        write_tensor(f, g + "/exp_avg", s.optimizer[i].exp_avg);
-        write_tensor(f, g + "/exp_avg_sq", s.optimizer[i].exp_avg_sq);
-        Id grp(H5Gopen2(f, g.c_str(), H5P_DEFAULT), H5Gclose, "open " + g);
-        write_attr_str(grp, "name", s.optimizer[i].name);
+      write_attr_str(f, "rng_device", s.rng_device);
+      write_attr_str(f, "optimizer", s.optimizer);
+      write_attr_i64(f, "num_optimizer_tensors", static_cast<int64_t>(s.optimizer_state.size()));
+      for (std::size_t i = 0; i < s.optimizer_state.size(); ++i) {
+        const std::string d = "optimizer/" + std::to_string(i);
+        write_tensor(f, d, s.optimizer_state[i].second);
+        Id ds(H5Dopen2(f, d.c_str(), H5P_DEFAULT), H5Dclose, "open " + d);
+        write_attr_str(ds, "name", s.optimizer_state[i].first);
       }
       check(H5Fflush(f, H5F_SCOPE_GLOBAL), "flush");
     }
@@ -154,24 +156,28 @@ TrainerState load_trainer_state(const fs::path& path) {
   if (raw < 0) throw InputError(path.string() + ": not a readable HDF5 file (truncated or corrupt checkpoint?)");
   Id f(raw, H5Fclose, "open");
   const std::string p = path.string();
-  if (read_attr_i64(f, "format_version", p) != 1) throw InputError(p + ": unknown trainer_state format_version");
+  if (const int64_t v = read_attr_i64(f, "format_version", p); v != 2)
+    throw InputError(p + ": trainer_state format_version " + std::to_string(v) +
+                     (v == 1 ? " was written by an earlier qtrain (before the optimizer owned its state): start the run again"
+                             : " is unknown (this qtrain reads version 2)"));
   TrainerState s;
   s.step = read_attr_i64(f, "step", p);
   s.tokens = read_attr_i64(f, "tokens", p);
   s.cursor_epoch = read_attr_i64(f, "cursor_epoch", p);
   s.cursor_position = read_attr_i64(f, "cursor_position", p);
   s.cursor_seed = static_cast<uint64_t>(read_attr_i64(f, "cursor_seed", p));
+  s.total_steps = read_attr_i64(f, "total_steps", p);
   s.recipe_hash = read_attr_str(f, "recipe_hash", p);
   if (H5Lexists(f, "rng_state", H5P_DEFAULT) > 0) s.rng_state = read_tensor(f, "rng_state", p);
-  const int64_t n = read_attr_i64(f, "num_params", p);
+  s.rng_device = read_attr_str(f, "rng_device", p);
+  s.optimizer = read_attr_str(f, "optimizer", p);
+  const int64_t n = read_attr_i64(f, "num_optimizer_tensors", p);
+  if (n < 0 || n > (int64_t{1} << 24)) throw InputError(p + ": num_optimizer_tensors " + std::to_string(n) + " is out of range");
   for (int64_t i = 0; i < n; ++i) {
-    const std::string g = "optimizer/" + std::to_string(i);
-    ParamState ps;
-    ps.exp_avg = read_tensor(f, g + "/exp_avg", p);
-    ps.exp_avg_sq = read_tensor(f, g + "/exp_avg_sq", p);
-    Id grp(H5Gopen2(f, g.c_str(), H5P_DEFAULT), H5Gclose, "open " + g);
-    ps.name = read_attr_str(grp, "name", p);
-    s.optimizer.push_back(std::move(ps));
+    const std::string d = "optimizer/" + std::to_string(i);
+    at::Tensor t = read_tensor(f, d, p);
+    Id ds(H5Dopen2(f, d.c_str(), H5P_DEFAULT), H5Dclose, "open " + d);
+    s.optimizer_state.emplace_back(read_attr_str(ds, "name", p), std::move(t));
   }
   return s;
 }

@@ -1,6 +1,7 @@
 // trainer_state.h5: everything beside the adapter that a bit-exact resume needs: the optimizer state
 // per parameter, the step, the dropout RNG state, the data cursor and the hash of the config that made
-// it. HDF5 so any tool (h5py, h5dump) can read it. Written to a temporary name and renamed.
+// it. HDF5 so any tool (h5py, h5dump) can read it. Written to a temporary name, fsynced and renamed.
+// Format 2: attributes for the scalars, datasets optimizer/<i> with a `name` attribute each.
 #pragma once
 
 #include <filesystem>
@@ -10,22 +11,21 @@
 
 #include <ATen/ATen.h>
 
-namespace qtrain {
+#include "data/io/named_tensors.h"
 
-struct ParamState {
-  std::string name;       // the adapter tensor name (PEFT file name)
-  at::Tensor exp_avg;     // fp32, like the parameter
-  at::Tensor exp_avg_sq;  // fp32, like the parameter
-};
+namespace qtrain {
 
 struct TrainerState {
   int64_t step = 0;                 // optimizer steps done
   int64_t tokens = 0;               // target tokens trained on so far
   int64_t cursor_epoch = 0, cursor_position = 0;
   uint64_t cursor_seed = 0;
+  int64_t total_steps = 0;          // the schedule's horizon when it was written
   at::Tensor rng_state;             // uint8: the dropout generator's state
+  std::string rng_device = "cpu";   // the generator's device type: CPU and CUDA states do not mix
   std::string recipe_hash;
-  std::vector<ParamState> optimizer;
+  std::string optimizer;            // which optimizer wrote optimizer_state ("adamw_32bit")
+  NamedTensors optimizer_state;     // fp32 / uint8 tensors by name, owned by that optimizer
 };
 
 void save_trainer_state(const std::filesystem::path& path, const TrainerState& s);

@@ -1,9 +1,10 @@
 // Training throughput and peak memory on a real model shape with random weights (no checkpoint needed):
 //   train_bench [--preset llama2-7b|llama3-8b|tiny] [--seq 2048] [--batch 1] [--steps 10] [--rank 16]
 //               [--no-recompute] [--device cuda|cpu]
-// The step is qtrain's own (QLoRA linears on an NF4+DQ base, LoRA on all 7 linears, token-weighted loss
-// with the chunked LM-head backward, AdamW). Prints tok/s, MFU by performance.md §2 (causal attention,
-// H100 bf16 peak 989.4 TF/s) and ratios to the goal and to the best published peer at this shape.
+// The step is the loop's own train_step (trainer/step.h: QLoRA linears on an NF4+DQ base, LoRA on all
+// 7 linears, token-weighted loss with the chunked LM-head backward, clipping, AdamW 32-bit).
+// Prints tok/s, MFU by performance.md §2 (causal attention, H100 bf16 peak 989.4 TF/s) and ratios
+// to the goal and to the best published peer at this shape.
 // scripts/gpu-check.sh runs every *_bench target on the device.
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Context.h>
@@ -18,10 +19,10 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-#include "ops/adamw.h"
-#include "trainer/loss.h"
 #include "trainer/metrics_log.h"
 #include "trainer/model/model.h"
+#include "trainer/optimizer.h"
+#include "trainer/step.h"
 
 using namespace qtrain;
 
@@ -105,9 +106,7 @@ int main(int argc, char** argv) {
     spec.config.rank = rank;
     spec.config.alpha = 2.0 * rank;
     m.add_lora(spec, at::make_generator<at::CPUGeneratorImpl>(1));
-    auto params = m.lora_parameters();
-    std::vector<ops::AdamWState> states;
-    for (auto& [n, p] : params) states.push_back(ops::make_adamw_state(p));
+    auto opt = make_optimizer(OptimizerSection{}, /*weight_decay=*/0.0, m.lora_parameters());
     sync(dev);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
@@ -117,19 +116,25 @@ int main(int argc, char** argv) {
     labels.select(1, 0).fill_(-100);
     at::Tensor pos = at::arange(seq, cpu).repeat({batch, 1});
     at::Tensor seg = at::zeros({batch, seq}, at::TensorOptions().dtype(at::kInt));
+    Batch b;
+    b.input_ids = ids;
+    b.labels = labels;
+    b.positions = pos;
+    b.segment_ids = seg;
     RunContext ctx;
     ctx.training = true;
     ctx.recompute = recompute;
     const int64_t tokens = batch * (seq - 1);
+    b.num_target_tokens = tokens;
     double loss = 0, step_s = 0;
     for (int64_t s = 0; s < steps + 2; ++s) {  // two warm-up steps, not timed
       sync(dev);
       const auto ts = std::chrono::steady_clock::now();
-      for (auto& [n, p] : params) p.mutable_grad() = at::Tensor();
-      LossSum ls = causal_lm_loss_backward(m, m.hidden_states(ids, seg, pos, &ctx), labels, 1.0 / tokens);
-      for (std::size_t i = 0; i < params.size(); ++i)
-        ops::adamw_step(params[i].second, params[i].second.grad(), states[i], s + 1, ops::AdamWParams{1e-4});
-      loss = ls.sum.item<double>() / tokens;
+      StepSettings ss;
+      ss.update = s + 1;
+      ss.lr = 1e-4;
+      ss.max_grad_norm = 0.3;  // the QLoRA recipe's value
+      loss = train_step(m, *opt, {b}, ss, ctx).loss;
       sync(dev);
       if (s >= 2) step_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - ts).count();
     }

@@ -1,5 +1,6 @@
 // Test tool for the training-parity oracle (tests/oracle/test_training_parity.py): runs qtrain's real
-// training step (model, LoRA, token-weighted loss, bnb AdamW) on a given model, adapter init and batch.
+// training step (trainer/step.h: the loop's own train_step, with the recipe's optimizer) on a given
+// model, adapter init and batch.
 //   train_step_tool MODEL_DIR ADAPTER_DIR BATCH.safetensors OUT_DIR --steps N --lr LR [--quantize]
 // BATCH holds input_ids [B, T] and labels [B, T] (-100 = untrained; labels[t] is position t's token).
 // OUT_DIR receives losses.txt (one loss per step), grads.safetensors (step 1, PEFT names) and
@@ -9,11 +10,12 @@
 #include <iostream>
 #include <string>
 
+#include "data/io/peft_adapter.h"
 #include "data/io/safetensors.h"
-#include "ops/adamw.h"
-#include "trainer/loss.h"
-#include "trainer/model/model.h"
 #include "trainer/model/lora.h"
+#include "trainer/model/model.h"
+#include "trainer/optimizer.h"
+#include "trainer/step.h"
 
 int main(int argc, char** argv) {
   using namespace qtrain;
@@ -38,36 +40,41 @@ int main(int argc, char** argv) {
     AdapterInfo info;
     load_peft_adapter(argv[2], &info);
     apply_peft_adapter(m, argv[2]);
-    auto batch = safetensors::File::open(argv[3]);
-    const at::Tensor ids = batch->tensor("input_ids").to(at::kLong);
-    const at::Tensor labels = batch->tensor("labels").to(at::kLong);
+    auto batch_file = safetensors::File::open(argv[3]);
+    const at::Tensor ids = batch_file->tensor("input_ids").to(at::kLong);
+    const at::Tensor labels = batch_file->tensor("labels").to(at::kLong);
     const int64_t b = ids.size(0), t = ids.size(1);
     const at::Tensor pos = at::arange(t, at::kLong).repeat({b, 1});
     const at::Tensor seg = at::zeros({b, t}, at::kInt);
     const fs::path out = argv[4];
     fs::create_directories(out);
-    auto params = m.lora_parameters();
-    std::vector<ops::AdamWState> states;
-    for (auto& [n, p] : params) states.push_back(ops::make_adamw_state(p));
+    // The recipe defaults (AdamW 32-bit, betas 0.9/0.999, eps 1e-8), no weight decay, no clipping:
+    // what the oracle configures on the transformers + peft side.
+    auto opt = make_optimizer(OptimizerSection{}, /*weight_decay=*/0.0, m.lora_parameters());
+    Batch batch;
+    batch.input_ids = ids;
+    batch.labels = labels;
+    batch.positions = pos;
+    batch.segment_ids = seg;
+    batch.num_target_tokens = (labels.narrow(1, 1, t - 1) != -100).sum().item<int64_t>();
     std::ofstream losses(out / "losses.txt");
     losses.precision(17);
     RunContext ctx;
     ctx.training = true;
     for (int s = 1; s <= steps; ++s) {
-      for (auto& [n, p] : params) p.mutable_grad() = at::Tensor();
-      LossSum ls = causal_lm_loss(m, m.hidden_states(ids, seg, pos, &ctx), labels);
-      at::Tensor loss = ls.sum / static_cast<double>(ls.tokens);
-      loss.backward();
-      losses << loss.item<double>() << "\n";
-      if (s == 1) {
+      StepSettings ss;
+      ss.update = s;
+      ss.lr = lr;
+      const StepResult r = train_step(m, *opt, {batch}, ss, ctx);
+      if (!r.finite) throw std::runtime_error("step " + std::to_string(s) + ": loss or gradient not finite");
+      losses << r.loss << "\n";
+      if (s == 1) {  // the gradients stay in .grad after the step
         std::map<std::string, at::Tensor> g;
-        for (auto& [n, p] : params) g[n] = p.grad();
+        for (const auto& [n, p] : opt->params()) g[n] = p.grad();
         safetensors::save(out / "grads.safetensors", g);
       }
-      for (std::size_t i = 0; i < params.size(); ++i)
-        ops::adamw_step(params[i].second, params[i].second.grad(), states[i], s, ops::AdamWParams{lr});
     }
-    save_peft_adapter(out / "adapter", params, info);
+    save_peft_adapter(out / "adapter", opt->params(), info);
   } catch (const std::exception& e) {
     std::cerr << "train_step_tool: " << e.what() << "\n";
     return 1;

@@ -1,0 +1,58 @@
+// Checkpoints of a run: <output_dir>/checkpoints/step-N/ = adapter/ (PEFT format, master weights in
+// their own dtype) + trainer_state.h5 (optimizer state, step, data cursor, RNG, recipe hash).
+//
+// Durability: a checkpoint is built in a temporary sibling, every file and directory in it fsynced,
+// then renamed into place and the checkpoints directory fsynced (data/io/atomic_file.h). A crash or a
+// SIGKILL at any moment leaves every earlier checkpoint intact and at most a temporary, which the next
+// start removes. Only complete checkpoints (a step-N directory with trainer_state.h5) are ever used.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "data/io/peft_adapter.h"
+#include "data/io/trainer_state.h"
+
+namespace qtrain {
+
+// "step-N" → N; anything else → nullopt. The one place that knows the directory naming.
+std::optional<int64_t> checkpoint_step(const std::filesystem::path& dir);
+
+// The complete checkpoint with the largest step under `checkpoints_dir`, if any.
+std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& checkpoints_dir);
+
+class Checkpointer {
+ public:
+  // run_dir: the recipe's output_dir. keep_last: checkpoints kept (0 = all). recipe_hash: what a
+  // checkpoint must match to be resumed. Removes temporaries a crash left behind.
+  Checkpointer(std::filesystem::path run_dir, int64_t keep_last, std::string recipe_hash);
+
+  std::filesystem::path dir() const { return run_dir_ / "checkpoints"; }
+
+  // A fresh start must not mix with another run: throws UsageError when checkpoints exist.
+  void require_empty() const;
+
+  // What --resume means: `arg` is a checkpoint directory, or a run directory (its latest checkpoint).
+  // Resuming an older checkpoint of this run while newer ones exist is refused (the next --resume and
+  // keep-last would pick up the abandoned continuation). nullopt: `arg` is this run's directory and it
+  // has no checkpoint yet (a job requeued before its first checkpoint starts from the beginning).
+  std::optional<std::filesystem::path> resolve_resume(const std::filesystem::path& arg) const;
+
+  // Reads a checkpoint: its trainer state (checked against the recipe hash) and adapter tensors.
+  TrainerState load(const std::filesystem::path& checkpoint, NamedTensors* adapter) const;
+
+  // Writes step-<state.step> atomically, then deletes all but the newest keep_last checkpoints.
+  // A checkpoint of that step already on disk is left as it is (the same step is the same state).
+  std::filesystem::path save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info);
+
+ private:
+  void remove_stale_temporaries() const;
+  void prune() const;
+
+  std::filesystem::path run_dir_;
+  int64_t keep_last_;
+  std::string recipe_hash_;
+};
+
+}  // namespace qtrain

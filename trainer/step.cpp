@@ -1,0 +1,65 @@
+#include "trainer/step.h"
+
+#include <cmath>
+
+#include "trainer/loss.h"
+
+namespace qtrain {
+
+StepResult train_step(const LlamaModel& model, Optimizer& optimizer, const std::vector<Batch>& micro_batches,
+                      const StepSettings& settings, const RunContext& ctx, const StepReduce& reduce,
+                      const std::function<bool()>& stop) {
+  const NamedTensors& params = optimizer.params();
+  for (const auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+  const at::Device device = model.device();
+  StepResult r;
+
+  // The loss is a mean over every target token of the step, on every rank: each micro-batch
+  // backpropagates Σ CE / step_tokens, so k micro-batches of b rows equal one batch of k·b rows.
+  int64_t local_tokens = 0;
+  for (const Batch& b : micro_batches) local_tokens += b.num_target_tokens;
+  at::Tensor counts = at::tensor({static_cast<double>(local_tokens), 0.0}, at::kDouble);
+  if (reduce.counts) reduce.counts(counts);
+  r.tokens = static_cast<int64_t>(counts[0].item<double>());  // a host tensor: no device sync
+  const double scale = 1.0 / static_cast<double>(std::max<int64_t>(1, r.tokens));
+
+  at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
+  for (const Batch& b : micro_batches) {
+    if (stop && stop()) {
+      for (const auto& [name, p] : params) p.mutable_grad() = at::Tensor();
+      r.interrupted = true;
+      return r;
+    }
+    if (b.num_target_tokens == 0) continue;  // a filler batch: nothing to learn, nothing to add
+    const at::Tensor hidden = model.hidden_states(b.input_ids, b.segment_ids, b.positions, &ctx);
+    loss_sum += causal_lm_loss_backward(model, hidden, b.labels, scale).sum;
+  }
+
+  std::vector<at::Tensor> grads;
+  for (const auto& [name, p] : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (reduce.grads && !grads.empty()) reduce.grads(grads);
+
+  // The one synchronisation: [loss sum, Σ grad²] to the host together.
+  std::vector<at::Tensor> squares;
+  for (const at::Tensor& g : grads) squares.push_back(g.to(at::kFloat).pow(2).sum().to(at::kDouble));
+  const at::Tensor sq = squares.empty() ? at::zeros({}, loss_sum.options()) : at::stack(squares).sum();
+  const at::Tensor host = at::stack({loss_sum, sq}).cpu();
+  double local_loss = host[0].item<double>();
+  if (reduce.counts) {
+    counts = at::tensor({0.0, local_loss}, at::kDouble);
+    reduce.counts(counts);
+    local_loss = counts[1].item<double>();
+  }
+  r.loss = r.tokens > 0 ? local_loss / static_cast<double>(r.tokens) : 0.0;
+  r.grad_norm = std::sqrt(host[1].item<double>());
+  r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
+  if (!r.finite) return r;
+  // transformers' clip_grad_norm_: scale = max_norm / (norm + 1e-6), capped at 1; applied inside the
+  // update (the optimizer multiplies each gradient as it reads it), never to .grad itself.
+  r.clip_scale = settings.max_grad_norm > 0 ? std::min(1.0, settings.max_grad_norm / (r.grad_norm + 1e-6)) : 1.0;
+  optimizer.step(settings.update, settings.lr, r.clip_scale);
+  return r;
+}
+
+}  // namespace qtrain

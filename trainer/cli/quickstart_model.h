@@ -19,8 +19,8 @@ struct QuickstartModelShape {
   int64_t num_kv_heads = 2;
 };
 
-// Writes config.json, model.safetensors, tokenizer.model and tokenizer_config.json into `dir`
-// (atomically: a temporary sibling renamed into place).
+// Writes config.json, model.safetensors (LlamaModel::random's weights for `seed`), tokenizer.model and
+// tokenizer_config.json into `dir`, atomically (data/io/atomic_file.h: AtomicDirectory).
 void create_quickstart_model(const std::filesystem::path& dir, const DataConfig& data, uint64_t seed,
                              const QuickstartModelShape& shape = {});
 

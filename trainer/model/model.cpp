@@ -1,162 +1,63 @@
 #include "trainer/model/model.h"
 
-#include <algorithm>
 #include <string>
 
-#include "data/dataset/batching.h"
 #include "data/error.h"
-#include "data/io/safetensors.h"
-#include "ops/qlora_linear.h"
 #include "data/io/bnb_format.h"
+#include "data/io/safetensors.h"
+#include "trainer/model/attention_mask.h"
+#include "trainer/model/checkpoint_weights.h"
+#include "trainer/model/linear_modules.h"
+#include "trainer/model/random_init.h"
 #include "trainer/model/recompute.h"
 #include "trainer/model/rope.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
 
-at::Tensor Linear::dense_weight(at::ScalarType dtype) const {
-  return qweight ? ops::dequantize_4bit(*qweight, dtype) : weight.to(dtype);
-}
-
-at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
-  if (!lora) {
-    // The dequantized weight is a temporary: it dies with this call (the QLoRA memory point).
-    return at::linear(x, qweight ? ops::dequantize_4bit(*qweight, x.scalar_type()) : weight, bias);
-  }
-  at::Tensor mask;  // like x; drawn from the context's generator so recompute can replay it
-  if (ctx && ctx->training && lora->dropout > 0) {
-    TORCH_CHECK(ctx->dropout_gen.defined(), "LoRA dropout needs RunContext::dropout_gen");
-    // From the run's generator (on the training device) so recompute and resume replay it exactly; in
-    // the adapter dtype, so 1/(1-p) and x·mask are not rounded to bf16 (PEFT applies dropout after
-    // casting x to the LoRA dtype).
-    mask = ops::lora_dropout_mask(x.sizes(), lora->dropout, ctx->dropout_gen, lora->A.scalar_type()).to(x.device());
-  }
-  if (qweight) {
-    ops::QLoraLinearArgs a;
-    a.weight = &*qweight;
-    a.bias = bias;
-    a.A = lora->A;
-    a.B = lora->B;
-    a.scale = lora->scale;
-    a.dropout_mask = mask;
-    return ops::qlora_linear(x, a);
-  }
-  // Dense base (quantization off): PEFT's LoRA forward with plain autograd ops. The LoRA branch runs
-  // in the adapter dtype and the sum is cast back to the base output dtype.
-  at::Tensor base = at::linear(x, weight, bias);
-  at::Tensor xl = (mask.defined() ? x * mask : x).to(lora->A.scalar_type());
-  return (base + at::linear(at::linear(xl, lora->A), lora->B) * lora->scale).to(base.scalar_type());
-}
-
-// Where a model's weights come from: a checkpoint, or a seeded generator (benchmarks of real shapes).
-class WeightSource {
- public:
-  virtual ~WeightSource() = default;
-  virtual at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const = 0;
-  virtual Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const = 0;
-};
-
 namespace {
-
-// Loads named tensors from a checkpoint, checking shapes against the config.
-class WeightLoader final : public WeightSource {
- public:
-  WeightLoader(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
-
-  // Throws unless the checkpoint holds `name` with exactly `shape`.
-  void check(const std::string& name, const std::vector<int64_t>& shape) const {
-    if (!ckpt_.contains(name))
-      throw InputError(ckpt_.dir().string() + ": checkpoint is missing tensor '" + name + "' (expected shape " +
-                       shape_str(shape) + ")");
-    const auto& info = ckpt_.info(name);
-    if (info.shape != shape)
-      throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
-                       " but config.json implies " + shape_str(shape));
-  }
-  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
-    check(name, shape);
-    // Same dtype on CPU: `to` returns the mmapped view itself, so no copy is made.
-    return ckpt_.tensor(name).to(opts_.device, opts_.dtype);
-  }
-  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const override {
-    Linear l;
-    const std::string w = prefix + ".weight";
-    if (bnb::is_quantized(ckpt_, w)) {
-      l.qweight = bnb::load(ckpt_, w, opts_.device);
-      if (l.qweight->shape != std::vector<int64_t>{out, in})
-        throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
-                         " but config.json implies " + shape_str({out, in}));
-    } else if (opts_.quantize) {
-      // One full-precision tensor at a time: read from the mmap, quantize on the target device.
-      check(w, {out, in});
-      l.qweight = ops::quantize_4bit(ckpt_.tensor(w).to(opts_.device), *opts_.quantize);
-    } else {
-      l.weight = get(w, {out, in});
-    }
-    if (bias) l.bias = get(prefix + ".bias", {out});
-    return l;
-  }
-
- private:
-  static std::string shape_str(const std::vector<int64_t>& s) {
-    std::string out = "[";
-    for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-    return out + "]";
-  }
-  const safetensors::Checkpoint& ckpt_;
-  const LoadOptions& opts_;
-};
-
-// Random weights at scales that keep activations O(1): norms 1, embeddings N(0, 1), linears
-// N(0, 1/in) drawn on the target device one at a time (quantized right away when asked).
-class RandomWeights final : public WeightSource {
- public:
-  RandomWeights(const LoadOptions& opts, at::Generator gen) : opts_(opts), gen_(std::move(gen)) {}
-  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
-    const auto o = at::TensorOptions().dtype(opts_.dtype).device(opts_.device);
-    if (name.find("norm") != std::string::npos) return at::ones(shape, o);
-    // The LM head reads unit-RMS hidden states: 1/sqrt(hidden) keeps the logits O(1).
-    const double std = name.find("lm_head") != std::string::npos ? 1.0 / std::sqrt(static_cast<double>(shape.back())) : 1.0;
-    return at::normal(0.0, std, shape, gen_, o.dtype(at::kFloat)).to(opts_.dtype);
-  }
-  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const override {
-    Linear l;
-    const auto o = at::TensorOptions().dtype(at::kFloat).device(opts_.device);
-    at::Tensor w = at::normal(0.0, 1.0 / std::sqrt(static_cast<double>(in)), {out, in}, gen_, o).to(opts_.dtype);
-    if (opts_.quantize) l.qweight = ops::quantize_4bit(w, *opts_.quantize);
-    else l.weight = w;
-    if (bias) l.bias = at::zeros({out}, o.dtype(opts_.dtype));
-    return l;
-  }
-
- private:
-  const LoadOptions& opts_;
-  at::Generator gen_;
-};
 
 void check_dtype(const LoadOptions& opts) {
   if (opts.dtype != at::kFloat && opts.dtype != at::kBFloat16 && opts.dtype != at::kHalf)
     throw UsageError(std::string("model dtype must be float32, bfloat16 or float16, not ") + c10::toString(opts.dtype));
 }
 
+// DecoderLayer::linears() and kLinearModules must agree on the order.
+static_assert(kLinearModules[0].name == "q_proj" && kLinearModules[1].name == "k_proj" &&
+              kLinearModules[2].name == "v_proj" && kLinearModules[3].name == "o_proj" &&
+              kLinearModules[4].name == "gate_proj" && kLinearModules[5].name == "up_proj" &&
+              kLinearModules[6].name == "down_proj");
+
 }  // namespace
 
 LlamaModel LlamaModel::load(const fs::path& dir, const LoadOptions& opts) {
   check_dtype(opts);
   const auto ckpt = safetensors::Checkpoint::open(dir);
-  return build(parse_model_config(dir / "config.json"), WeightLoader(ckpt, opts), opts);
+  return from_weights(parse_model_config(dir / "config.json"), *checkpoint_weights(ckpt, opts), opts);
 }
 
 LlamaModel LlamaModel::random(const ModelConfig& config, const LoadOptions& opts, at::Generator gen) {
   check_dtype(opts);
-  return build(config, RandomWeights(opts, std::move(gen)), opts);
+  return from_weights(config, *random_weights(opts, std::move(gen)), opts);
 }
 
-LlamaModel LlamaModel::build(const ModelConfig& config, const WeightSource& w, const LoadOptions& opts) {
+LlamaModel LlamaModel::from_weights(const ModelConfig& config, const WeightSource& w, const LoadOptions& opts) {
+  check_dtype(opts);
   LlamaModel m;
   m.config_ = config;
   m.dtype_ = opts.dtype;
   const ModelConfig& c = m.config_;
+
+  // Per linear in kLinearModules order: {out, in} and whether it has a bias.
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  const std::array<std::array<int64_t, 2>, 7> shapes = {{{c.q_dim(), c.hidden_size},
+                                                         {c.kv_dim(), c.hidden_size},
+                                                         {c.kv_dim(), c.hidden_size},
+                                                         {c.hidden_size, c.q_dim()},
+                                                         {c.intermediate_size, c.hidden_size},
+                                                         {c.intermediate_size, c.hidden_size},
+                                                         {c.hidden_size, c.intermediate_size}}};
+  const std::array<bool, 7> biases = {qkv_bias, qkv_bias, qkv_bias, c.attention_bias, c.mlp_bias, c.mlp_bias, c.mlp_bias};
 
   m.embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
@@ -164,18 +65,13 @@ LlamaModel LlamaModel::build(const ModelConfig& config, const WeightSource& w, c
     DecoderLayer l;
     l.input_norm = w.get(p + ".input_layernorm.weight", {c.hidden_size});
     l.post_attention_norm = w.get(p + ".post_attention_layernorm.weight", {c.hidden_size});
-    const bool qkv_bias = c.attention_bias || c.qkv_bias;
-    l.q = w.linear(p + ".self_attn.q_proj", c.q_dim(), c.hidden_size, qkv_bias);
-    l.k = w.linear(p + ".self_attn.k_proj", c.kv_dim(), c.hidden_size, qkv_bias);
-    l.v = w.linear(p + ".self_attn.v_proj", c.kv_dim(), c.hidden_size, qkv_bias);
-    l.o = w.linear(p + ".self_attn.o_proj", c.hidden_size, c.q_dim(), c.attention_bias);
+    const auto linears = l.linears();
+    for (std::size_t j = 0; j < kLinearModules.size(); ++j)
+      *linears[j] = w.linear(p + "." + std::string(kLinearModules[j].path), shapes[j][0], shapes[j][1], biases[j]);
     if (c.qk_norm) {
       l.q_norm = w.get(p + ".self_attn.q_norm.weight", {c.head_dim});
       l.k_norm = w.get(p + ".self_attn.k_norm.weight", {c.head_dim});
     }
-    l.gate = w.linear(p + ".mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    l.up = w.linear(p + ".mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    l.down = w.linear(p + ".mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias);
     m.layers_.push_back(std::move(l));
   }
   m.final_norm_ = w.get("model.norm.weight", {c.hidden_size});
@@ -190,46 +86,14 @@ LlamaModel LlamaModel::build(const ModelConfig& config, const WeightSource& w, c
 
 void LlamaModel::for_each_linear(const std::function<void(const std::string&, Linear&)>& fn) {
   for (std::size_t i = 0; i < layers_.size(); ++i) {
-    DecoderLayer& l = layers_[i];
-    const std::string p = "model.layers." + std::to_string(i);
-    fn(p + ".self_attn.q_proj", l.q);
-    fn(p + ".self_attn.k_proj", l.k);
-    fn(p + ".self_attn.v_proj", l.v);
-    fn(p + ".self_attn.o_proj", l.o);
-    fn(p + ".mlp.gate_proj", l.gate);
-    fn(p + ".mlp.up_proj", l.up);
-    fn(p + ".mlp.down_proj", l.down);
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    const auto linears = layers_[i].linears();
+    for (std::size_t j = 0; j < kLinearModules.size(); ++j) fn(p + std::string(kLinearModules[j].path), *linears[j]);
   }
 }
 
 void LlamaModel::for_each_linear(const std::function<void(const std::string&, const Linear&)>& fn) const {
   const_cast<LlamaModel*>(this)->for_each_linear([&](const std::string& n, Linear& l) { fn(n, l); });
-}
-
-void LlamaModel::add_lora(const LoraSpec& spec, at::Generator gen) {
-  const bool all = std::find(spec.targets.begin(), spec.targets.end(), "all-linear") != spec.targets.end();
-  for_each_linear([&](const std::string& name, Linear& l) {
-    const std::string shortname = name.substr(name.rfind('.') + 1);
-    if (!all && std::find(spec.targets.begin(), spec.targets.end(), shortname) == spec.targets.end()) return;
-    const auto shape = l.qweight ? l.qweight->shape : l.weight.sizes().vec();  // [out, in]
-    ops::LoraWeights w = ops::init_lora(shape[1], shape[0], spec.config, gen, spec.dtype);
-    auto a = std::make_shared<LoraAdapter>();
-    a->A = w.A.to(device()).set_requires_grad(true);
-    a->B = w.B.to(device()).set_requires_grad(true);
-    a->scale = ops::lora_scale(spec.config);
-    a->dropout = spec.config.dropout;
-    l.lora = std::move(a);
-  });
-}
-
-std::vector<std::pair<std::string, at::Tensor>> LlamaModel::lora_parameters() const {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for_each_linear([&](const std::string& name, const Linear& l) {
-    if (!l.lora) return;
-    out.emplace_back("base_model.model." + name + ".lora_A.weight", l.lora->A);
-    out.emplace_back("base_model.model." + name + ".lora_B.weight", l.lora->B);
-  });
-  return out;
 }
 
 std::map<std::string, at::Tensor> LlamaModel::state_tensors() const {
@@ -305,7 +169,7 @@ at::Tensor LlamaModel::run_layers(at::Tensor h, const at::Tensor& mask, const Ro
       continue;
     }
     std::vector<at::Tensor> params;
-    for (const Linear* lin : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down})
+    for (const Linear* lin : l.linears())
       if (lin->lora) params.insert(params.end(), {lin->lora->A, lin->lora->B});
     // Captures by value (mask and cos/sin tables are shared tensors): backward runs after this returns.
     const DecoderLayer* lp = &l;
@@ -316,11 +180,18 @@ at::Tensor LlamaModel::run_layers(at::Tensor h, const at::Tensor& mask, const Ro
 }
 
 namespace {
+// Token ids outside the vocabulary would index past the embedding (a device-side assert on CUDA).
+// Checked where it costs no device sync: on the host, where batches are built; ids already on a
+// device are checked in debug builds only.
 void check_ids(const at::Tensor& ids, int64_t vocab) {
   TORCH_CHECK(ids.dim() == 2, "forward: ids must be [batch, seq], got ", ids.sizes());
   TORCH_CHECK(ids.scalar_type() == at::kLong, "forward: ids must be int64, got ", ids.scalar_type());
+#ifdef NDEBUG
+  if (!ids.device().is_cpu()) return;
+#endif
   if (ids.numel() > 0) {
-    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    const auto [lo_t, hi_t] = at::aminmax(ids);
+    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
     if (lo < 0 || hi >= vocab)
       throw UsageError("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary [0, " +
                        std::to_string(vocab) + ")");
@@ -335,8 +206,8 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
   at::Tensor pos = positions.defined() ? positions.to(device(), at::kLong)
                                        : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
-  const auto window = config_.sliding_window && *config_.sliding_window < t ? config_.sliding_window : std::nullopt;
-  const at::Tensor mask = build_attention_mask(attention_mask, b, t, window, device());
+  const at::Tensor seg = attention_mask.defined() ? segment_ids_from_padding(attention_mask) : at::Tensor();
+  const at::Tensor mask = build_attention_mask(seg, b, t, config_.sliding_window, device());
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);  // [batch, seq, hidden]
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
 }
@@ -348,49 +219,10 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
               "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
               segment_ids.sizes(), " and ", positions.sizes());
   const RopeTables rope = rope_tables(inv_freq_, positions.to(device(), at::kLong), dtype_);
-  // One document per row and no padding is plain causal attention: no mask, so SDPA can take its
-  // is_causal kernels (flash on CUDA), as transformers does for such batches.
-  const at::Tensor seg = segment_ids.to(device());
-  // A window no shorter than the row changes nothing: leave it out so the causal fast path stays open.
-  const auto window = config_.sliding_window && *config_.sliding_window < seg.size(1) ? config_.sliding_window : std::nullopt;
-  const bool plain = !window && seg.numel() > 0 && seg.min().item<int64_t>() == 0 && seg.max().item<int64_t>() == 0;
-  const at::Tensor mask = plain ? at::Tensor() : build_segment_mask(seg, window);
+  // Built from the ids where the loader made them (the host): no device sync to find the causal fast path.
+  const at::Tensor mask = build_attention_mask(segment_ids, ids.size(0), ids.size(1), config_.sliding_window, device());
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
   return rms_norm(h, final_norm_);
-}
-
-at::Tensor build_attention_mask(const at::Tensor& attention_mask, int64_t batch, int64_t seq,
-                                std::optional<int64_t> sliding_window, at::Device device) {
-  if (!attention_mask.defined() && !sliding_window) return {};  // plain causal: SDPA's is_causal
-  auto opts = at::TensorOptions().dtype(at::kLong).device(device);
-  at::Tensor qi = at::arange(seq, opts).view({seq, 1});
-  at::Tensor kj = at::arange(seq, opts).view({1, seq});
-  at::Tensor allowed = kj <= qi;  // [seq, seq] causal
-  if (sliding_window) allowed = allowed.logical_and(kj > qi - *sliding_window);
-  allowed = allowed.view({1, 1, seq, seq}).expand({batch, 1, seq, seq});
-  if (!attention_mask.defined()) return allowed.contiguous();
-  TORCH_CHECK(attention_mask.sizes() == at::IntArrayRef({batch, seq}), "attention_mask must be [batch, seq] = [", batch,
-              ", ", seq, "], got ", attention_mask.sizes());
-  at::Tensor valid = attention_mask.to(device).to(at::kBool);  // [batch, seq]
-  allowed = allowed.logical_and(valid.view({batch, 1, 1, seq}));
-  at::Tensor diag = at::eye(seq, at::TensorOptions().dtype(at::kBool).device(device)).view({1, 1, seq, seq});
-  at::Tensor pad_query = valid.logical_not().view({batch, 1, seq, 1});
-  return allowed.logical_or(diag.logical_and(pad_query)).contiguous();
-}
-
-}  // namespace qtrain
-
-namespace qtrain {
-
-at::Tensor build_segment_mask(const at::Tensor& segment_ids, std::optional<int64_t> sliding_window) {
-  // Same document and causal (data/dataset/batching.h owns that rule), narrowed to the window if the model has one.
-  at::Tensor allowed = segment_attention_mask(segment_ids);  // [b, 1, t, t]
-  if (!sliding_window) return allowed;
-  const int64_t t = segment_ids.size(1);
-  auto opts = at::TensorOptions().dtype(at::kLong).device(segment_ids.device());
-  at::Tensor qi = at::arange(t, opts).view({t, 1}), kj = at::arange(t, opts).view({1, t});
-  at::Tensor diag = at::eye(t, at::TensorOptions().dtype(at::kBool).device(segment_ids.device()));
-  return allowed.logical_and((kj > qi - *sliding_window).logical_or(diag).view({1, 1, t, t})).contiguous();
 }
 
 }  // namespace qtrain

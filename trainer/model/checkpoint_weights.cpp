@@ -1,0 +1,95 @@
+#include "trainer/model/checkpoint_weights.h"
+
+#include <string>
+
+#include "data/error.h"
+#include "data/io/bnb_format.h"
+
+namespace qtrain {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// The file of the checkpoint that holds `name` (a shard, or model.safetensors). Only on error paths:
+// it maps the files again to ask each one.
+fs::path file_of(const safetensors::Checkpoint& ckpt, const std::string& name) {
+  for (const fs::path& f : ckpt.files())
+    if (safetensors::File::open(f)->contains(name)) return f;
+  return ckpt.dir();
+}
+
+class CheckpointWeights final : public WeightSource {
+ public:
+  CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
+
+  at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
+    check(name, shape);
+    // Same dtype on CPU: `to` returns the mmapped view itself, so no copy is made.
+    return ckpt_.tensor(name).to(opts_.device, opts_.dtype);
+  }
+
+  Linear linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const override {
+    Linear l;
+    const std::string w = prefix + ".weight";
+    if (bnb::is_quantized(ckpt_, w)) {
+      l.qweight = bnb::load(ckpt_, w, opts_.device);
+      if (l.qweight->shape != std::vector<int64_t>{out, in})
+        throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
+                         " but config.json implies " + shape_str({out, in}));
+    } else if (opts_.quantize) {
+      check(w, {out, in});
+      l.qweight = quantize(w);
+    } else {
+      l.weight = get(w, {out, in});
+    }
+    if (bias) l.bias = get(prefix + ".bias", {out});
+    return l;
+  }
+
+ private:
+  // Throws unless the checkpoint holds `name` with exactly `shape`.
+  void check(const std::string& name, const std::vector<int64_t>& shape) const {
+    if (!ckpt_.contains(name))
+      throw InputError(ckpt_.dir().string() + ": checkpoint is missing tensor '" + name + "' (expected shape " +
+                       shape_str(shape) + ")");
+    const auto& info = ckpt_.info(name);
+    if (info.shape != shape)
+      throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
+                       " but config.json implies " + shape_str(shape));
+  }
+
+  // One full-precision tensor at a time: read from the mmap, quantized on the target device.
+  ops::QuantState quantize(const std::string& name) const {
+    const at::Tensor w = ckpt_.tensor(name);  // [out, in], CPU view of the mapping
+    try {
+      return ops::quantize_4bit(w.to(opts_.device), *opts_.quantize);
+    } catch (const c10::Error&) {
+      // The quantizer refuses a non-finite weight but knows only a block index; the user needs the
+      // tensor, the file and the element. Any other failure is rethrown as it was.
+      const at::Tensor bad = at::logical_not(at::isfinite(w)).reshape({-1});
+      if (!bad.any().item<bool>()) throw;
+      const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+      const int64_t cols = w.size(1);
+      throw InputError(file_of(ckpt_, name).string() + ": tensor '" + name + "' holds a non-finite value (" +
+                       c10::str(w.reshape({-1})[i].item<double>()) + ") at [" + std::to_string(i / cols) + ", " +
+                       std::to_string(i % cols) + "]; a base weight must be finite to be quantized to 4 bits");
+    }
+  }
+
+  const safetensors::Checkpoint& ckpt_;
+  const LoadOptions& opts_;
+};
+
+}  // namespace
+
+std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) {
+  return std::make_unique<CheckpointWeights>(ckpt, opts);
+}
+
+}  // namespace qtrain

@@ -1,5 +1,6 @@
 #include "data/io/hdf5.h"
 
+#include <algorithm>
 #include <type_traits>
 
 #include "data/error.h"
@@ -256,7 +257,7 @@ void File::write_raw(const std::string& name, at::ScalarType dtype, const std::v
     throw std::runtime_error(what + " (disk full?)");
 }
 
-Id File::open_dataset(const std::string& name, std::vector<int64_t>* shape, at::ScalarType* dtype) const {
+File::Dataset File::open_dataset(const std::string& name) const {
   const std::string label = path_.string() + ": dataset '" + name + "'";
   if (!has(name)) throw InputError(path_.string() + ": missing dataset '" + name + "'");
   Id ds(H5Dopen2(file_.get(), name.c_str(), H5P_DEFAULT), H5Dclose);
@@ -266,31 +267,28 @@ Id File::open_dataset(const std::string& name, std::vector<int64_t>* shape, at::
   if (!type.valid() || !space.valid()) throw InputError(label + ": unreadable type or shape (corrupt file?)");
   const auto stored = stored_dtype(type.get());
   if (!stored) throw InputError(label + ": expected " + kTypes + " elements, found " + describe_type(type.get()));
-  *dtype = *stored;
   const H5S_class_t kind = H5Sget_simple_extent_type(space.get());
-  if (kind != H5S_SCALAR && kind != H5S_SIMPLE) throw InputError(label + ": has no dataspace (an empty attribute-like dataset)");
+  if (kind != H5S_SCALAR && kind != H5S_SIMPLE) throw InputError(label + ": has a null dataspace (no values)");
   const int rank = H5Sget_simple_extent_ndims(space.get());
-  if (rank < 0) throw InputError(label + ": unreadable shape");
+  if (rank < 0) throw InputError(label + ": unreadable shape (corrupt file?)");
   std::vector<hsize_t> dims(rank);
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
-  shape->assign(dims.begin(), dims.end());
+  std::vector<int64_t> shape(dims.begin(), dims.end());
   // A corrupt header can claim any shape; datasets here are uncompressed, so the data of a file opened
   // for reading cannot exceed the file. Checked before allocating, and without overflow.
-  const uint64_t elem = H5Tget_size(type.get());
-  bool empty = false;
-  for (hsize_t d : dims) empty |= d == 0;
-  uint64_t bytes = elem;
-  for (hsize_t d : dims) {
-    if (empty) break;
-    if (!writable_ && d > file_bytes_ / bytes) throw InputError(label + ": claims shape " + c10::str(at::IntArrayRef(*shape)) +
-                                                      ", more data than the file's " + std::to_string(file_bytes_) + " bytes (corrupt file?)");
-    bytes *= d;
+  const bool empty = std::find(dims.begin(), dims.end(), hsize_t{0}) != dims.end();
+  uint64_t bytes = H5Tget_size(type.get());
+  for (size_t i = 0; !writable_ && !empty && i < dims.size(); ++i) {
+    if (dims[i] > file_bytes_ / bytes)
+      throw InputError(label + ": claims shape " + c10::str(at::IntArrayRef(shape)) + ", more data than the file's " +
+                       std::to_string(file_bytes_) + " bytes (corrupt file?)");
+    bytes *= dims[i];
   }
-  return ds;
+  return {std::move(ds), std::move(shape), *stored};
 }
 
-void File::read_raw(const Id& ds, const std::string& name, at::ScalarType dtype, int64_t numel, void* out) const {
-  if (numel > 0 && H5Dread(ds.get(), memory_type(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+void File::read_raw(const Dataset& ds, const std::string& name, int64_t numel, void* out) const {
+  if (numel > 0 && H5Dread(ds.id.get(), memory_type(ds.dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
     throw InputError(path_.string() + ": dataset '" + name + "': cannot be read (truncated or corrupt file?)");
 }
 
@@ -307,11 +305,9 @@ void File::write_tensor(const std::string& name, const at::Tensor& t) {
 
 at::Tensor File::read_tensor(const std::string& name) const {
   QuietErrors quiet;
-  std::vector<int64_t> shape;
-  at::ScalarType dtype;
-  const Id ds = open_dataset(name, &shape, &dtype);
-  at::Tensor t = at::empty(shape, dtype);
-  read_raw(ds, name, dtype, t.numel(), t.data_ptr());
+  const Dataset ds = open_dataset(name);
+  at::Tensor t = at::empty(ds.shape, ds.dtype);
+  read_raw(ds, name, t.numel(), t.data_ptr());
   return t;
 }
 
@@ -325,15 +321,13 @@ void File::write_vector(const std::string& name, const std::vector<T>& v) {
 template <class T>
 std::vector<T> File::read_vector(const std::string& name) const {
   QuietErrors quiet;
-  std::vector<int64_t> shape;
-  at::ScalarType dtype;
-  const Id ds = open_dataset(name, &shape, &dtype);
+  const Dataset ds = open_dataset(name);
   const std::string label = path_.string() + ": dataset '" + name + "'";
-  if (shape.size() != 1) throw InputError(label + ": expected 1-D, found shape " + c10::str(at::IntArrayRef(shape)));
-  if (dtype != dtype_of<T>())
-    throw InputError(label + ": expected " + c10::toString(dtype_of<T>()) + " elements, found " + c10::toString(dtype));
-  std::vector<T> v(shape[0]);
-  read_raw(ds, name, dtype, shape[0], v.data());
+  if (ds.shape.size() != 1) throw InputError(label + ": expected 1-D, found shape " + c10::str(at::IntArrayRef(ds.shape)));
+  if (ds.dtype != dtype_of<T>())
+    throw InputError(label + ": expected " + c10::toString(dtype_of<T>()) + " elements, found " + c10::toString(ds.dtype));
+  std::vector<T> v(ds.shape[0]);
+  read_raw(ds, name, ds.shape[0], v.data());
   return v;
 }
 

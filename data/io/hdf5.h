@@ -92,10 +92,15 @@ class File {
   void close();  // reports a failed close, which a destructor cannot; then the file is gone
 
  private:
+  struct Dataset {
+    Id id;
+    std::vector<int64_t> shape;
+    at::ScalarType dtype;
+  };
   File(std::filesystem::path path, Id file, bool writable);
-  Id open_dataset(const std::string& name, std::vector<int64_t>* shape, at::ScalarType* dtype) const;
+  Dataset open_dataset(const std::string& name) const;
   void write_raw(const std::string& name, at::ScalarType dtype, const std::vector<int64_t>& shape, const void* data);
-  void read_raw(const Id& dataset, const std::string& name, at::ScalarType dtype, int64_t numel, void* out) const;
+  void read_raw(const Dataset& ds, const std::string& name, int64_t numel, void* out) const;
   void check_writable(const std::string& what) const;
 
   std::filesystem::path path_;

@@ -254,10 +254,7 @@ void save_sharded(const fs::path& dir, const std::map<std::string, at::Tensor>& 
     write_file(dir / file, shards[i], meta);
     for (const auto& [tname, _] : shards[i]) index["weight_map"][tname] = file;
   }
-  const std::string text = index.dump(2) + "\n";
-  AtomicFile out(dir / (stem + ".safetensors.index.json"));
-  out.write(text.data(), text.size());
-  out.commit();
+  write_file_atomic(dir / (stem + ".safetensors.index.json"), index.dump(2) + "\n");
 }
 
 }  // namespace qtrain::safetensors

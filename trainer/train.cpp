@@ -79,6 +79,8 @@ at::Generator make_dropout_generator(const at::Device& device, uint64_t seed) {
 
 class Trainer {
  public:
+  static constexpr int kMaxSkippedInARow = 10;  // training.on_nan: skip gives up after this many
+
   Trainer(const Recipe& r, const TrainOptions& o)
       : r_(r), opts_(o), place_(resolve_placement(r)), out_(r.output_dir), checkpoints_(out_, r.schedule.keep_last, recipe_hash(r)) {}
 
@@ -203,9 +205,9 @@ class Trainer {
       // Skipped: the batch is consumed but no update happens, so the step counter (schedule, Adam's
       // bias correction, checkpoints) keeps counting updates. A run that only produces NaN stops.
       log_->message("warning: non-finite loss or gradient at step " + std::to_string(step_ + 1) + "; batch skipped");
-      if (++skipped_in_a_row_ > 10)
-        throw Error(ExitCode::kFailure, "more than 10 consecutive non-finite steps at step " + std::to_string(step_ + 1) +
-                                            "; stopping (the last checkpoint is intact)");
+      if (++skipped_in_a_row_ == kMaxSkippedInARow)
+        throw Error(ExitCode::kFailure, std::to_string(kMaxSkippedInARow) + " consecutive non-finite steps at step " +
+                                            std::to_string(step_ + 1) + "; stopping (the last checkpoint is intact)");
       return s;
     }
     skipped_in_a_row_ = 0;

@@ -50,6 +50,8 @@ bool blank(std::string_view s) {
 }  // namespace
 
 std::string read_file_bytes(const std::filesystem::path& file) {
+  // A path that names nothing is the recipe's (or command line's) error, like a missing model.path.
+  if (!std::filesystem::exists(file)) throw UsageError(file.string() + ": no such dataset file");
   std::ifstream in(file, std::ios::binary);
   if (!in) throw InputError(file.string() + ": cannot open dataset file");
   std::ostringstream ss;

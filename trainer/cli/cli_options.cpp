@@ -12,7 +12,17 @@ std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args
   po::options_description all;
   all.add(spec.options).add(spec.hidden);
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(all).positional(spec.positional).run(), vm);
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(spec.positional).run(), vm);
+  } catch (const po::too_many_positional_options_error&) {
+    // Boost does not say which: name the arguments beyond the verb's positional ones.
+    const auto parsed = po::command_line_parser(args).options(all).allow_unregistered().run();
+    const auto words = po::collect_unrecognized(parsed.options, po::include_positional);
+    std::string extra;
+    for (std::size_t i = spec.positional.max_total_count(); i < words.size(); ++i) extra += " '" + words[i] + "'";
+    throw UsageError("unexpected argument" + std::string(extra.find("' '") == std::string::npos ? "" : "s") + extra +
+                     " (usage: " + spec.usage + ")");
+  }
   if (vm.count("help")) {
     std::cout << "usage: " << spec.usage << "\n\n" << spec.options << "\n";
     return std::nullopt;

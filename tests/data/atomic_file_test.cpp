@@ -3,13 +3,12 @@
 // (so nothing named <target>.old.* or <target>.tmp.* is left); an HDF5-style writer that creates the file
 // by name publishes through AtomicFilePath.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
-#include <random>
 
 #include "data/io/atomic_file.h"
+#include "tests/scratch_dir.h"
 
 namespace qtrain {
 namespace {
@@ -17,14 +16,6 @@ namespace fs = std::filesystem;
 
 class AtomicFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qtrain_atomic_" + std::to_string(::getpid()) + "_" + std::to_string(std::random_device{}()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   static std::string read(const fs::path& p) {
     std::ifstream in(p, std::ios::binary);
     return std::string((std::istreambuf_iterator<char>(in)), {});
@@ -36,7 +27,8 @@ class AtomicFileTest : public ::testing::Test {
     std::sort(out.begin(), out.end());
     return out;
   }
-  fs::path dir_;
+  test_tools::ScratchDir scratch_{"atomic"};
+  const fs::path& dir_ = scratch_.path;
 };
 
 TEST_F(AtomicFileTest, FileAppearsOnlyOnCommit) {

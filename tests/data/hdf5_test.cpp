@@ -3,13 +3,13 @@
 // every failure names the file and the dataset or attribute; corrupt and truncated files and a dataset
 // that claims more data than the file holds are InputErrors, never a crash or a huge allocation.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <fstream>
 #include <random>
 
 #include "data/error.h"
 #include "data/io/hdf5.h"
+#include "tests/scratch_dir.h"
 
 namespace qtrain {
 namespace {
@@ -17,14 +17,6 @@ namespace fs = std::filesystem;
 
 class Hdf5Test : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qtrain_hdf5_" + std::to_string(::getpid()) + "_" + std::to_string(std::random_device{}()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   // The message of the InputError `f` throws ("" when it throws none).
   template <class F>
   static std::string input_error(F f) {
@@ -35,7 +27,8 @@ class Hdf5Test : public ::testing::Test {
     }
     return "";
   }
-  fs::path dir_;
+  test_tools::ScratchDir scratch_{"hdf5"};
+  const fs::path& dir_ = scratch_.path;
 };
 
 TEST_F(Hdf5Test, TensorsOfEveryTypeAndRankRoundTripExactly) {

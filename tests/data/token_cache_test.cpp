@@ -2,13 +2,12 @@
 // files detected, no temporary left behind; and through build_dataset: a second run hits the cache and
 // gives identical tokens, a changed data file or setting misses, a corrupt cache is rebuilt with a warning.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <fstream>
-#include <random>
 
 #include "data/dataset/dataset.h"
 #include "data/dataset/token_cache.h"
+#include "tests/scratch_dir.h"
 
 namespace fs = std::filesystem;
 using namespace qtrain;
@@ -20,14 +19,6 @@ const fs::path kModel = kShared / "models" / "llama2c-xs-tok512-hf";
 
 class TokenCacheTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("qtrain_cache_" + std::to_string(::getpid()) + "_" + std::to_string(std::random_device{}()));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
   static CachedTokens sample() {
     CachedTokens c;
     c.examples.add(std::vector<int32_t>{1, 5, 9}, std::vector<uint8_t>{0, 1, 1});
@@ -44,7 +35,8 @@ class TokenCacheTest : public ::testing::Test {
     for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir_)) ++n;
     return n;
   }
-  fs::path dir_;
+  test_tools::ScratchDir scratch_{"cache"};
+  const fs::path& dir_ = scratch_.path;
 };
 
 TEST_F(TokenCacheTest, RoundTrip) {

@@ -219,7 +219,7 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
               "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
               segment_ids.sizes(), " and ", positions.sizes());
   const RopeTables rope = rope_tables(inv_freq_, positions.to(device(), at::kLong), dtype_);
-  // Built from the ids where the loader made them (the host): no device sync to find the causal fast path.
+  // From the segment ids where the loader made them (the host): no device sync to find the causal fast path.
   const at::Tensor mask = build_attention_mask(segment_ids, ids.size(0), ids.size(1), config_.sliding_window, device());
   at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
   return rms_norm(h, final_norm_);

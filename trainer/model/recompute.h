@@ -10,7 +10,7 @@
 
 #include <ATen/ATen.h>
 
-#include "trainer/model/model.h"
+#include "trainer/model/linear.h"
 
 namespace qtrain {
 

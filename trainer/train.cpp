@@ -86,9 +86,12 @@ class Trainer {
 
   // set up → for each step { step, log, maybe eval, maybe checkpoint, check stop } → finish.
   TrainResult run() {
-    if (!set_up()) return {};
+    // Installed first: a signal during set-up (loading a large model takes minutes) ends the run
+    // cleanly once set-up is done, and a second one at once.
     StopSignalGuard stop;
     auto stopping = [&] { return stop.requested(); };
+    if (!set_up()) return {};
+    if (stop.requested()) return interrupted(stop);
     if (!resumed_ && !evaluate_and_log(stopping, &result_.eval_loss_first, &result_.eval_acc_first)) return interrupted(stop);
     const auto t0 = Clock::now();
     while (step_ < total_ && !stop.requested()) {
@@ -329,7 +332,7 @@ class Trainer {
   }
 
   TrainResult interrupted(const StopSignalGuard& stop) {
-    if (saved_step_ != step_) {
+    if (saved_step_ != step_ && step_ > 0) {  // before the first step there is nothing to save
       save();
       saved_step_ = step_;
     }

@@ -73,7 +73,9 @@ TEST(SafetensorsHeader, RejectsEachCorruption) {
 
 // Random byte flips and truncations of a valid file: each either parses or throws InputError.
 TEST(SafetensorsHeader, SurvivesRandomCorruption) {
-  std::mt19937_64 rng(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937_64 rng(seed);
   const auto base = valid_file();
   int rejected = 0;
   for (int iter = 0; iter < 4000; ++iter) {

@@ -131,7 +131,9 @@ TEST(Nf4Cpu, FastDequantizeEqualsReference) {
 }
 
 TEST(Nf4Cpu, TensorDequantizeEqualsLibtorchFallback) {
-  at::manual_seed(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
   for (const bool dq : {true, false}) {
     for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
       for (const int64_t bs : {32, 64, 4096}) {
@@ -155,7 +157,9 @@ TEST(Nf4Cpu, TensorDequantizeEqualsLibtorchFallback) {
 // FP4 0.5*(1-0.6666667) = 0.1666667 (formats.md §1.1-§1.2), plus float32 rounding of the product
 // (2^-23 relative). Double quant adds the error of the decoded absmax, measured separately below.
 TEST(Nf4Cpu, RoundTripErrorWithinHalfGap) {
-  at::manual_seed(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
   for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
     const double half_gap = type == QuantType::kNF4 ? 0.1519036 : 0.1666667;
     for (const int64_t bs : kBlocksizes) {
@@ -173,7 +177,9 @@ TEST(Nf4Cpu, RoundTripErrorWithinHalfGap) {
 // The 8-bit scale code is the LUT bin's nearest code, not x's: the bin is 2/65535 wide and the widest gap of
 // the dynamic map is 0.0140625 (near ±1, §1.7), so |decoded - absmax| <= absmax2 * (0.0140625/2 + 2/65535).
 TEST(Nf4Cpu, DoubleQuantScaleErrorBounded) {
-  at::manual_seed(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
   const at::Tensor w = at::randn({1000, 70}) * (at::rand({1000, 1}) + 0.01);
   const QuantState dq = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kNF4, 64, true});
   const QuantState plain = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kNF4, 64, false});
@@ -276,7 +282,9 @@ TEST(Nf4Cpu, RejectsInvalidInputsWithMessages) {
 
 TEST(Nf4Gpu, CudaKernelsEqualCpuReference) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
-  at::manual_seed(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
   const std::vector<int64_t> sizes = {1, 3, 33, 257, 4097, 12345, 1 << 20, (1 << 20) + 7};
   for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
     for (const int64_t bs : kBlocksizes) {

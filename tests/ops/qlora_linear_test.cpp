@@ -102,7 +102,9 @@ TEST(QLoraLinear, GradsMatchDenseFp64Reference) {
 }
 
 TEST(QLoraLinear, FiniteDifferencesInFp64) {
-  at::Generator gen = at::detail::createCPUGenerator(std::random_device{}());
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::Generator gen = at::detail::createCPUGenerator(seed);
   const int64_t K = 70, N = 9, r = 3;
   const QuantState w = qtrain::ops::quantize_4bit(at::randn({N, K}, gen), QuantParams{QuantType::kFP4, 32, true});
   QLoraLinearArgs args;

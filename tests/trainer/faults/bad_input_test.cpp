@@ -324,6 +324,8 @@ std::vector<BadInput> catalog() {
 }
 
 TEST(BadInputCatalog, EachBadInputFailsCleanlyNamingTheCulpritAndLosesNothing) {
+  // Negative control: the snapshot comparison sees a changed and a deleted file.
+  ASSERT_EQ(lost_files({{"a", "1"}, {"b", "2"}}, {{"a", "x"}}), "  a: changed\n  b: deleted\n");
   ScratchDir scratch("bad-input");
   const fs::path good = scratch.path / "good";
   ASSERT_NO_FATAL_FAILURE(make_good_dir(scratch.path, good));

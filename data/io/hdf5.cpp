@@ -1,6 +1,9 @@
 #include "data/io/hdf5.h"
 
 #include <algorithm>
+#include <array>
+#include <cstring>
+#include <fstream>
 #include <type_traits>
 
 #include "data/error.h"
@@ -75,6 +78,72 @@ std::string attribute_label(const std::string& object, const std::string& name) 
   return "attribute '" + name + "'" + (is_root(object) ? "" : " of '" + object + "'");
 }
 
+// The seal (see the header): a user block at the start of every file qtrain writes holds the
+// file's size and a hash of everything after the block. libhdf5 trusts its input (a few flipped
+// bytes can crash it: docs/FUZZING.md), so a file is checked before libhdf5 ever reads it.
+constexpr hsize_t kUserBlock = 512;
+constexpr char kSealMagic[] = "QTRAINH5";  // 8 bytes
+constexpr char kHdf5Signature[] = "\x89HDF\r\n\x1a\n";
+
+// 64-bit multiply-xorshift over little-endian words: not cryptographic, but any corruption or
+// truncation changes it with probability 1 - 2^-64, at memory speed.
+uint64_t hash_after_user_block(const fs::path& path, uint64_t size) {
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(kUserBlock));
+  std::vector<char> buf(1 << 20);
+  uint64_t h = 0xcbf29ce484222325ull ^ size;
+  uint64_t left = size - kUserBlock;
+  while (left > 0 && in) {
+    const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(left, buf.size()));
+    in.read(buf.data(), static_cast<std::streamsize>(n));
+    if (static_cast<std::size_t>(in.gcount()) != n) break;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      uint64_t w;
+      std::memcpy(&w, buf.data() + i, 8);
+      h = (h ^ w) * 0x100000001b3ull;
+      h ^= h >> 29;
+    }
+    for (; i < n; ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 0x100000001b3ull;
+    left -= n;
+  }
+  return left == 0 ? h : ~h;
+}
+
+void seal(const fs::path& path) {
+  const uint64_t size = fs::file_size(path);
+  char header[kUserBlock] = {};
+  std::snprintf(header, sizeof header, "%s\nsize %llu\nhash %016llx\n", kSealMagic, static_cast<unsigned long long>(size),
+                static_cast<unsigned long long>(hash_after_user_block(path, size)));
+  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+  f.write(header, sizeof header);
+  f.flush();
+  if (!f) throw std::runtime_error(path.string() + ": cannot write the HDF5 user block (disk full?)");
+}
+
+// Throws InputError unless `path` is a sealed file whose size and hash match. qtrain reads only HDF5
+// files it wrote (checkpoint state, token caches), so an unsealed one is refused, not trusted.
+void check_seal(const fs::path& path) {
+  const uint64_t size = fs::file_size(path);
+  std::array<char, kUserBlock> header{};
+  std::ifstream in(path, std::ios::binary);
+  in.read(header.data(), static_cast<std::streamsize>(std::min<uint64_t>(size, kUserBlock)));
+  if (size >= 8 && std::memcmp(header.data(), kHdf5Signature, 8) == 0)
+    throw InputError(path.string() + ": an HDF5 file qtrain did not write (no qtrain seal in its user block); qtrain reads "
+                     "only its own checkpoint state and token caches");
+  if (size < kUserBlock || std::memcmp(header.data(), kSealMagic, 8) != 0)
+    throw InputError(path.string() + ": not an HDF5 file, or one whose writing never finished (no qtrain seal)");
+  unsigned long long stored_size = 0, stored_hash = 0;
+  header.back() = '\0';
+  if (std::sscanf(header.data() + 8, "\nsize %llu\nhash %llx", &stored_size, &stored_hash) != 2)
+    throw InputError(path.string() + ": the qtrain seal in the HDF5 user block is malformed");
+  if (stored_size != size)
+    throw InputError(path.string() + ": the file has " + std::to_string(size) + " bytes, its seal says " + std::to_string(stored_size) +
+                     " (truncated or appended to)");
+  if (hash_after_user_block(path, size) != stored_hash)
+    throw InputError(path.string() + ": contents do not match the seal's hash (the file is corrupt)");
+}
+
 }  // namespace
 
 // ---- QuietErrors, Id ----
@@ -115,7 +184,10 @@ File::File(fs::path path, Id file, bool writable) : path_(std::move(path)), file
 
 File File::create(const fs::path& path) {
   QuietErrors quiet;
-  Id f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+  Id fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  if (!fcpl.valid() || H5Pset_userblock(fcpl.get(), kUserBlock) < 0)
+    throw std::runtime_error(path.string() + ": cannot set up the HDF5 user block");
+  Id f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, fcpl.get(), H5P_DEFAULT), H5Fclose);
   if (!f.valid()) throw std::runtime_error(path.string() + ": cannot create the HDF5 file (is its directory writable?)");
   return File(path, std::move(f), true);
 }
@@ -124,6 +196,7 @@ File File::open(const fs::path& path) {
   QuietErrors quiet;
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) throw InputError(path.string() + ": no such file");
+  check_seal(path);
   Id f(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!f.valid()) throw InputError(path.string() + ": not a readable HDF5 file (truncated or corrupt)");
   return File(path, std::move(f), false);
@@ -348,6 +421,8 @@ void File::flush() {
 void File::close() {
   QuietErrors quiet;
   if (file_.reset() < 0) throw std::runtime_error(path_.string() + ": closing the HDF5 file failed (disk full?)");
+  if (writable_) seal(path_);
+  writable_ = false;
 }
 
 }  // namespace qtrain::hdf5

@@ -55,8 +55,12 @@ class Id {
 
 class File {
  public:
+  // Sealed files: create() reserves a 512-byte user block, close() writes into it the file's size and
+  // a 64-bit hash of the rest, and open() checks both before libhdf5 reads a byte (libhdf5 can crash
+  // on corrupt input). An unsealed file (never closed, or written by another tool) does not open:
+  // qtrain reads only the HDF5 files it writes. h5py and h5dump read sealed files as usual.
   static File create(const std::filesystem::path& path);  // truncates; std::runtime_error naming the file
-  static File open(const std::filesystem::path& path);    // read-only; InputError "not a readable HDF5 file"
+  static File open(const std::filesystem::path& path);    // read-only; InputError naming the file and the fault
 
   File(File&&) = default;
   File& operator=(File&&) = default;
@@ -89,7 +93,7 @@ class File {
   std::vector<T> read_vector(const std::string& name) const;
 
   void flush();  // to the OS (not to the disk: publish_file fsyncs)
-  void close();  // reports a failed close, which a destructor cannot; then the file is gone
+  void close();  // seals a created file; reports a failed close, which a destructor cannot
 
  private:
   struct Dataset {

@@ -1,7 +1,5 @@
 #include "trainer/checkpointer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <regex>
 #include <vector>
@@ -46,32 +44,9 @@ std::optional<fs::path> latest_checkpoint(const fs::path& checkpoints_dir) {
 }
 
 Checkpointer::Checkpointer(fs::path run_dir, int64_t keep_last, std::string recipe_hash)
-    : run_dir_(std::move(run_dir)), keep_last_(keep_last), recipe_hash_(std::move(recipe_hash)) {
-  remove_stale_temporaries();
-}
+    : run_dir_(std::move(run_dir)), keep_last_(keep_last), recipe_hash_(std::move(recipe_hash)) {}
 
-void Checkpointer::remove_stale_temporaries() const {
-  // AtomicDirectory names: step-N.tmp.<pid>.<rand> (being written) and step-N.old.<pid>.<rand> (a
-  // replaced one, kept until the new one is in place); prune() renames to step-N.del.<pid> before
-  // deleting. A .old whose target is missing is the only copy: put it back. The rest is debris.
-  static const std::regex re("(step-[0-9]+)\\.(tmp|old|del)\\..*");
-  std::error_code ec;
-  if (!fs::is_directory(dir(), ec)) return;
-  std::vector<fs::path> entries;
-  for (const auto& e : fs::directory_iterator(dir())) entries.push_back(e.path());
-  for (const auto& p : entries) {
-    std::smatch m;
-    const std::string name = p.filename().string();
-    if (!std::regex_match(name, m, re)) continue;
-    const fs::path target = dir() / m[1].str();
-    if (m[2] == "old" && !fs::exists(target) && is_complete(p)) {
-      fs::rename(p, target);
-    } else {
-      fs::remove_all(p);
-    }
-  }
-  fsync_directory(dir());
-}
+void Checkpointer::recover_after_crash() const { qtrain::recover_after_crash(dir()); }
 
 void Checkpointer::require_empty() const {
   if (auto latest = latest_checkpoint(dir()))
@@ -91,9 +66,14 @@ std::optional<fs::path> Checkpointer::resolve_resume(const fs::path& arg) const 
     }
     ck = *latest;
   }
-  if (auto latest = latest_checkpoint(dir()); latest && same_path(ck.parent_path(), dir()) && !same_path(*latest, ck))
-    throw UsageError("--resume " + ck.string() + ": " + latest->string() +
-                     " is newer; resume from it, or move the newer checkpoints away first");
+  if (auto latest = latest_checkpoint(dir())) {
+    if (!same_path(ck.parent_path(), dir()))
+      throw UsageError("--resume " + ck.string() + ": " + run_dir_.string() + " already holds checkpoints of a run (latest " +
+                       latest->filename().string() + "); resume into an empty output_dir (--set output_dir=...)");
+    if (!same_path(*latest, ck))
+      throw UsageError("--resume " + ck.string() + ": " + latest->string() +
+                       " is newer; resume from it, or move the newer checkpoints away first");
+  }
   return ck;
 }
 
@@ -108,7 +88,7 @@ TrainerState Checkpointer::load(const fs::path& checkpoint, NamedTensors* adapte
 }
 
 fs::path Checkpointer::save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info) {
-  fs::create_directories(dir());
+  create_directories_durably(dir());
   const fs::path target = dir() / ("step-" + std::to_string(state.step));
   if (!is_complete(target)) {
     AtomicDirectory d(target);
@@ -124,14 +104,9 @@ fs::path Checkpointer::save(const TrainerState& state, const NamedTensors& adapt
 void Checkpointer::prune() const {
   if (keep_last_ <= 0) return;
   auto all = list_checkpoints(dir());
-  for (std::size_t i = 0; i + keep_last_ < all.size(); ++i) {
-    // Out of the step-N namespace first, so a crash half-way through the delete never leaves a
-    // partial checkpoint under a name that looks complete.
-    fs::path trash = all[i].second;
-    trash += ".del." + std::to_string(::getpid());
-    fs::rename(all[i].second, trash);
-    fs::remove_all(trash);
-  }
+  // Renamed out of the step-N names before the delete: a crash half-way never leaves a partial
+  // checkpoint under a name that looks complete.
+  for (std::size_t i = 0; i + keep_last_ < all.size(); ++i) remove_directory_durably(all[i].second);
 }
 
 }  // namespace qtrain

@@ -25,8 +25,12 @@ std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::pa
 class Checkpointer {
  public:
   // run_dir: the recipe's output_dir. keep_last: checkpoints kept (0 = all). recipe_hash: what a
-  // checkpoint must match to be resumed. Removes temporaries a crash left behind.
+  // checkpoint must match to be resumed. Touches nothing on disk.
   Checkpointer(std::filesystem::path run_dir, int64_t keep_last, std::string recipe_hash);
+
+  // Removes what a crash left in the checkpoints directory (data/io/atomic_file.h). Only while holding
+  // the run directory's lock: another process's temporaries look the same.
+  void recover_after_crash() const;
 
   std::filesystem::path dir() const { return run_dir_ / "checkpoints"; }
 
@@ -34,9 +38,10 @@ class Checkpointer {
   void require_empty() const;
 
   // What --resume means: `arg` is a checkpoint directory, or a run directory (its latest checkpoint).
-  // Resuming an older checkpoint of this run while newer ones exist is refused (the next --resume and
-  // keep-last would pick up the abandoned continuation). nullopt: `arg` is this run's directory and it
-  // has no checkpoint yet (a job requeued before its first checkpoint starts from the beginning).
+  // Refused: an older checkpoint of this run while newer ones exist (the next --resume and keep-last
+  // would pick up the abandoned continuation), and a checkpoint from elsewhere while this run has
+  // checkpoints of its own (two lineages in one directory). nullopt: `arg` is this run's directory
+  // and it has no checkpoint yet (a job requeued before its first checkpoint starts from step 0).
   std::optional<std::filesystem::path> resolve_resume(const std::filesystem::path& arg) const;
 
   // Reads a checkpoint: its trainer state (checked against the recipe hash) and adapter tensors.
@@ -47,7 +52,6 @@ class Checkpointer {
   std::filesystem::path save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info);
 
  private:
-  void remove_stale_temporaries() const;
   void prune() const;
 
   std::filesystem::path run_dir_;

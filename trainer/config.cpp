@@ -482,12 +482,13 @@ std::string recipe_to_yaml(const Recipe& r) {
 }
 
 std::string recipe_hash(const Recipe& r) {
-  // FNV-1a over every resolved value except those a resumed run may change (intervals, output dir).
+  // FNV-1a over every resolved value except those a resumed run may change: its intervals, where it
+  // writes and caches, how long it runs (to train further), and the device (moving a run between
+  // machines; a dropout stream that cannot follow is refused by the trainer with its own message).
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
-    // A resumed run may change its intervals, its output and how long it runs (to train further).
     if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
-        f.key == "training.epochs")
+        f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir")
       continue;
     for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
   }

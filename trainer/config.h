@@ -98,7 +98,8 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
 std::string recipe_to_yaml(const Recipe& r);
 
 // Stable hash of the resolved recipe (resume refuses a checkpoint made with another config). Intervals,
-// output_dir, max_steps and epochs are left out: a resumed run may change them.
+// output_dir, data.cache_dir, max_steps, epochs and training.device are left out: a resumed run may
+// change them.
 std::string recipe_hash(const Recipe& r);
 
 }  // namespace qtrain

@@ -15,7 +15,7 @@
 namespace qtrain {
 
 MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, std::optional<int64_t> resumed_at)
-    : enabled_(enabled), tty_(isatty(fileno(stderr)) != 0), total_(total_steps) {
+    : enabled_(enabled), tty_(isatty(fileno(stderr)) != 0), total_(total_steps), path_(jsonl) {
   if (!enabled_) return;
   if (resumed_at && std::filesystem::exists(jsonl)) {
     // Keep the records up to the checkpoint; a torn last line (the process was killed mid-write)
@@ -24,8 +24,10 @@ MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, 
     std::string kept;
     for (std::string line; std::getline(in, line);) {
       const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= *resumed_at)
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() <= *resumed_at) {
         kept += line + "\n";
+        if (j.contains("kind") && j["kind"].is_string()) written_.insert({j["kind"].get<std::string>(), j["step"].get<int64_t>()});
+      }
     }
     write_file_atomic(jsonl, kept);
   }
@@ -51,6 +53,9 @@ void MetricsLog::record(const std::string& kind, int64_t step, const std::map<st
     text += (text.size() > 1 ? ", " : "") + nlohmann::json(e.key()).dump() + ": " + e.value().dump();
   out_ << text << "}\n";
   out_.flush();
+  // A record that did not reach the file (a full disk) is a failure, not a silent gap in the log.
+  if (!out_) throw std::runtime_error(path_.string() + ": cannot append a record (disk full?)");
+  written_.insert({kind, step});
 
   auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? NAN : it->second; };
   char line[256];

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace qtrain {
@@ -24,10 +25,16 @@ class MetricsLog {
   void record(const std::string& kind, int64_t step, const std::map<std::string, double>& values);
   void message(const std::string& text);  // a plain line (ends the live line first)
 
+  // Whether metrics.jsonl holds a record of `kind` at `step` (kept from before a resume, or written
+  // since): a resumed run evaluates a step whose evaluation was interrupted, and none twice.
+  bool has(const std::string& kind, int64_t step) const { return written_.count({kind, step}) > 0; }
+
  private:
   bool enabled_, tty_, live_ = false;
   int64_t total_;
+  std::filesystem::path path_;
   std::ofstream out_;
+  std::set<std::pair<std::string, int64_t>> written_;
 };
 
 // Peak resident memory of this process, in MiB (getrusage).

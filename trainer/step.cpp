@@ -16,11 +16,14 @@ StepResult train_step(const LlamaModel& model, Optimizer& optimizer, const std::
 
   // The loss is a mean over every target token of the step, on every rank: each micro-batch
   // backpropagates Σ CE / step_tokens, so k micro-batches of b rows equal one batch of k·b rows.
-  int64_t local_tokens = 0;
-  for (const Batch& b : micro_batches) local_tokens += b.num_target_tokens;
-  at::Tensor counts = at::tensor({static_cast<double>(local_tokens), 0.0}, at::kDouble);
-  if (reduce.counts) reduce.counts(counts);
-  r.tokens = static_cast<int64_t>(counts[0].item<double>());  // a host tensor: no device sync
+  int64_t tokens = 0;
+  for (const Batch& b : micro_batches) tokens += b.num_target_tokens;  // counted on the host by the loader
+  if (reduce.counts) {  // the global count is needed before the forward: one synchronisation with ranks
+    at::Tensor c = at::full({1}, static_cast<double>(tokens), at::TensorOptions().dtype(at::kDouble).device(device));
+    reduce.counts(c);
+    tokens = static_cast<int64_t>(c.item<double>());
+  }
+  r.tokens = tokens;
   const double scale = 1.0 / static_cast<double>(std::max<int64_t>(1, r.tokens));
 
   at::Tensor loss_sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(device));
@@ -36,22 +39,29 @@ StepResult train_step(const LlamaModel& model, Optimizer& optimizer, const std::
   }
 
   std::vector<at::Tensor> grads;
-  for (const auto& [name, p] : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  if (reduce.grads && !grads.empty()) reduce.grads(grads);
+  if (reduce.grads) {
+    // Every parameter, in order, on every rank: a rank whose batches were all filler still joins.
+    for (const auto& [name, p] : params) {
+      if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+      grads.push_back(p.grad());
+    }
+    reduce.grads(grads);
+  } else {
+    for (const auto& [name, p] : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  if (reduce.counts) {
+    at::Tensor c = loss_sum.reshape({1});
+    reduce.counts(c);
+    loss_sum = c.reshape({});
+  }
 
   // The one synchronisation: [loss sum, Σ grad²] to the host together.
   std::vector<at::Tensor> squares;
   for (const at::Tensor& g : grads) squares.push_back(g.to(at::kFloat).pow(2).sum().to(at::kDouble));
   const at::Tensor sq = squares.empty() ? at::zeros({}, loss_sum.options()) : at::stack(squares).sum();
   const at::Tensor host = at::stack({loss_sum, sq}).cpu();
-  double local_loss = host[0].item<double>();
-  if (reduce.counts) {
-    counts = at::tensor({0.0, local_loss}, at::kDouble);
-    reduce.counts(counts);
-    local_loss = counts[1].item<double>();
-  }
-  r.loss = r.tokens > 0 ? local_loss / static_cast<double>(r.tokens) : 0.0;
+  r.loss = r.tokens > 0 ? host[0].item<double>() / static_cast<double>(r.tokens) : 0.0;
   r.grad_norm = std::sqrt(host[1].item<double>());
   r.finite = std::isfinite(r.loss) && std::isfinite(r.grad_norm);
   if (!r.finite) return r;

@@ -22,10 +22,14 @@
 namespace qtrain {
 
 // How ranks combine a step: data parallelism plugs in here without touching the loop. Each hook sums
-// across ranks in place; an empty hook is the identity (one process).
+// across ranks in place; an empty hook is the identity (one process). Every rank calls each hook the
+// same number of times with the same shapes (collectives must match): `counts` twice per step, fp64
+// [1] on the training device (the target tokens before the forward, the loss sum after the
+// backward); `grads` once, with a gradient for every adapter parameter in optimizer order (zeros
+// where this rank's micro-batches gave none).
 struct StepReduce {
-  std::function<void(at::Tensor& counts)> counts;              // [2] fp64: target tokens, loss sum
-  std::function<void(const std::vector<at::Tensor>& grads)> grads;  // the adapter gradients
+  std::function<void(at::Tensor& counts)> counts;
+  std::function<void(const std::vector<at::Tensor>& grads)> grads;
 };
 
 struct StepSettings {

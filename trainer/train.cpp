@@ -12,6 +12,7 @@
 #include "data/dataset/dataset.h"
 #include "data/error.h"
 #include "data/io/atomic_file.h"
+#include "data/io/directory_lock.h"
 #include "data/tokenizer/tokenizer.h"
 #include "trainer/checkpointer.h"
 #include "trainer/evaluate.h"
@@ -92,7 +93,8 @@ class Trainer {
     auto stopping = [&] { return stop.requested(); };
     if (!set_up()) return {};
     if (stop.requested()) return interrupted(stop);
-    if (!resumed_ && !evaluate_and_log(stopping, &result_.eval_loss_first, &result_.eval_acc_first)) return interrupted(stop);
+    // The evaluation before the first step, or one a stop interrupted before the checkpoint it resumed.
+    if (eval_due() && !evaluate_and_log(stopping)) return interrupted(stop);
     const auto t0 = Clock::now();
     while (step_ < total_ && !stop.requested()) {
       const int64_t skipped_before = skipped_in_a_row_;
@@ -100,11 +102,11 @@ class Trainer {
       if (s.interrupted) break;
       if (skipped_in_a_row_ > skipped_before) continue;  // a non-finite step: nothing applied
       log_step(s, t0);
-      if (due(r_.schedule.eval_every) && !evaluate_and_log(stopping)) break;
+      if (eval_due() && !evaluate_and_log(stopping)) break;
       if (due(r_.schedule.save_every)) save();
     }
     if (stop.requested()) return interrupted(stop);
-    return finish(t0);
+    return finish(t0, stopping, stop);
   }
 
  private:
@@ -126,11 +128,20 @@ class Trainer {
       return false;
     }
 
+    // One process per run directory; then what a crash of the previous one left is cleaned up.
+    try {
+      lock_.emplace(out_);
+    } catch (const Error&) {
+      throw;  // another process holds it: already says so
+    } catch (const std::runtime_error& e) {
+      throw Error(ExitCode::kFailure, "output_dir '" + out_.string() + "' (" + r_.source.string() + "): " + e.what());
+    }
+    recover_after_crash(out_);
+    checkpoints_.recover_after_crash();
     // Never mix two runs in one directory: a finished or interrupted run is continued or moved aside.
     std::optional<fs::path> resume_from;
     if (opts_.resume) resume_from = checkpoints_.resolve_resume(*opts_.resume);
     else checkpoints_.require_empty();
-    fs::create_directories(out_);
     write_file_atomic(out_ / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
 
     LoadOptions lo;
@@ -164,7 +175,6 @@ class Trainer {
     if (resume_from) {
       resume_note = restore(*resume_from);
       resumed_at = step_;
-      resumed_ = true;
     } else if (opts_.resume) {
       resume_note = "--resume: " + out_.string() + " has no checkpoint yet; starting from step 0";
     }
@@ -222,6 +232,13 @@ class Trainer {
 
   bool due(int64_t every) const { return every > 0 && step_ % every == 0 && step_ != total_; }
 
+  // An evaluation belongs to step 0, every eval_every steps and the last step, once each: a resumed run
+  // redoes one that a stop interrupted (metrics.jsonl has no record of it) and no other.
+  bool eval_due() const {
+    if (!data_.eval || data_.eval->size() == 0 || log_->has("eval", step_)) return false;
+    return step_ == 0 || step_ == total_ || due(r_.schedule.eval_every);
+  }
+
   void log_step(const StepResult& s, Clock::time_point t0) {
     tokens_since_log_ += s.tokens;
     result_.final_loss = s.loss;
@@ -236,16 +253,16 @@ class Trainer {
     tokens_since_log_ = 0;
   }
 
-  // Evaluates on the held-out split (if any) and records it at the current step. False when a stop
-  // request interrupted it (nothing is recorded then).
-  bool evaluate_and_log(const std::function<bool()>& stopping, std::optional<double>* loss = nullptr,
-                        std::optional<double>* acc = nullptr) {
-    if (!data_.eval || data_.eval->size() == 0) return true;
+  // Evaluates on the held-out split and records it at the current step (the first and the last
+  // evaluation of this process also go into the summary). False when a stop request interrupted it:
+  // nothing is recorded then.
+  bool evaluate_and_log(const std::function<bool()>& stopping) {
     const EvalResult e = evaluate(*model_, data_.eval, r_.training.micro_batch_size, dcfg_, r_.schedule.eval_batches, stopping);
     if (e.interrupted) return false;
     log_->record("eval", step_, {{"eval_loss", e.loss}, {"eval_ppl", std::exp(e.loss)}, {"eval_token_acc", e.token_acc}});
-    if (loss) *loss = e.loss;
-    if (acc) *acc = e.token_acc;
+    if (step_ == 0) result_.eval_loss_first = e.loss, result_.eval_acc_first = e.token_acc;  // before training
+    result_.eval_loss_last = e.loss;
+    result_.eval_acc_last = e.token_acc;
     return true;
   }
 
@@ -264,6 +281,7 @@ class Trainer {
     s.optimizer = optimizer_->kind();
     s.optimizer_state = optimizer_->state();
     const fs::path dir = checkpoints_.save(s, optimizer_->params(), adapter_info(r_));
+    saved_step_ = step_;
     log_->message("checkpoint: " + dir.string());
   }
 
@@ -280,6 +298,11 @@ class Trainer {
       throw UsageError(state_file + " was trained on " + s.rng_device + " and this run is on " + device +
                        ": its dropout random stream cannot continue on another device type; resume with training.device: " +
                        s.rng_device);
+    // The generator's state is a fixed-size blob per generator kind; a wrong one would fail inside c10.
+    const int64_t rng_bytes = ctx_.dropout_gen.get_state().numel();
+    if (!s.rng_state.defined() || s.rng_state.numel() != rng_bytes)
+      throw InputError(state_file + ": rng_state has " + std::to_string(s.rng_state.defined() ? s.rng_state.numel() : 0) +
+                       " bytes, the " + device + " dropout generator's state has " + std::to_string(rng_bytes));
     if (s.optimizer != optimizer_->kind())
       throw UsageError(state_file + " holds " + s.optimizer + " optimizer state; the recipe asks for " + optimizer_->kind());
     std::map<std::string, at::Tensor> by_name(saved.begin(), saved.end());
@@ -292,7 +315,7 @@ class Trainer {
       p.copy_(it->second);
     }
     optimizer_->load_state(s.optimizer_state, state_file);
-    if (s.rng_state.defined()) ctx_.dropout_gen.set_state(s.rng_state);
+    ctx_.dropout_gen.set_state(s.rng_state);
     loader_->restore(Cursor{s.cursor_epoch, s.cursor_position, s.cursor_seed});
     step_ = s.step;
     tokens_ = s.tokens;
@@ -310,14 +333,12 @@ class Trainer {
     return note;
   }
 
-  TrainResult finish(Clock::time_point t0) {
-    // The final evaluation comes before the final checkpoint: a run killed in between resumes from
-    // an earlier checkpoint (and drops this record), one killed after has it and does not redo it.
-    if (saved_step_ != step_) {
-      if (!evaluate_and_log({}, &result_.eval_loss_last, &result_.eval_acc_last)) return result_;
-      save();
-      saved_step_ = step_;
-    }
+  TrainResult finish(Clock::time_point t0, const std::function<bool()>& stopping, const StopSignalGuard& stop) {
+    // The final evaluation comes before the final checkpoint: a run killed in between resumes from an
+    // earlier checkpoint (and drops this record); one stopped during it saves the last step and the
+    // resumed run evaluates it (eval_due); one killed after has the record and does not redo it.
+    if (eval_due() && !evaluate_and_log(stopping)) return interrupted(stop);
+    if (saved_step_ != step_) save();
     save_peft_adapter(out_ / "adapter", optimizer_->params(), adapter_info(r_), place_.lora);
     result_.steps = step_;
     std::string summary = "done: " + std::to_string(step_) + " steps in " + std::to_string(static_cast<int>(seconds_since(t0))) +
@@ -332,10 +353,7 @@ class Trainer {
   }
 
   TrainResult interrupted(const StopSignalGuard& stop) {
-    if (saved_step_ != step_ && step_ > 0) {  // before the first step there is nothing to save
-      save();
-      saved_step_ = step_;
-    }
+    if (saved_step_ != step_ && step_ > 0) save();  // before the first step there is nothing to save
     log_->message("stopped by signal " + std::to_string(stop.signal()) + " at step " + std::to_string(step_) +
                   "; resume with: qtrain train " + r_.source.string() + " --resume");
     result_.interrupted = true;
@@ -354,10 +372,10 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Loader> loader_;
   std::unique_ptr<MetricsLog> log_;
+  std::optional<DirectoryLock> lock_;  // held from set-up to the end of the run
   RunContext ctx_;
   int64_t total_ = 0, step_ = 0, tokens_ = 0;
   int64_t saved_step_ = -1;  // a step already on disk is not written twice
-  bool resumed_ = false;     // continues a checkpoint (its evaluations up to step_ are in metrics.jsonl)
   int skipped_in_a_row_ = 0;
   double last_lr_ = 0;
   int64_t tokens_since_log_ = 0, steps_this_run_ = 0;

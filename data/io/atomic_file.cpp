@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
+#include <regex>
+#include <vector>
 #include <stdexcept>
 
 namespace qtrain {
@@ -108,13 +110,48 @@ void AtomicFilePath::commit() {
   committed_ = true;
 }
 
+void create_directories_durably(const fs::path& dir) {
+  std::vector<fs::path> missing;  // the directories to create, innermost first
+  for (fs::path p = dir; !p.empty() && !fs::exists(p); p = p.has_parent_path() && p.parent_path() != p ? p.parent_path() : fs::path())
+    missing.push_back(p);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir.string() + ": cannot create directory: " + ec.message());
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) fsync_directory(parent_of(*it));
+}
+
+void remove_directory_durably(const fs::path& dir) {
+  const fs::path trash = sibling(dir, ".del.");
+  fs::rename(dir, trash);
+  fsync_directory(parent_of(dir));
+  fs::remove_all(trash);
+}
+
+void recover_after_crash(const fs::path& dir) {
+  static const std::regex re("(.+)\\.(tmp|old|del)\\.[0-9]+\\.[0-9]+");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(dir)) entries.push_back(e.path());
+  bool changed = false;
+  for (const auto& p : entries) {
+    std::smatch m;
+    const std::string name = p.filename().string();
+    if (!std::regex_match(name, m, re)) continue;
+    const fs::path target = dir / m[1].str();
+    if (m[2] == "old" && !fs::exists(fs::symlink_status(target))) fs::rename(p, target);
+    else fs::remove_all(p);
+    changed = true;
+  }
+  if (changed) fsync_directory(dir);
+}
+
 // ---- AtomicDirectory ----
 
 AtomicDirectory::AtomicDirectory(fs::path target) : target_(std::move(target)) {
   if (!target_.has_filename()) target_ = target_.parent_path();  // "out/" names "out"
+  create_directories_durably(parent_of(target_));
   std::error_code ec;
-  fs::create_directories(parent_of(target_), ec);
-  if (ec) throw std::runtime_error(parent_of(target_).string() + ": cannot create directory: " + ec.message());
   temp_ = sibling(target_, ".tmp.");
   if (!fs::create_directory(temp_, ec) || ec)
     throw std::runtime_error(temp_.string() + ": cannot create temporary directory: " +

@@ -60,6 +60,20 @@ void publish_file(const std::filesystem::path& temp, const std::filesystem::path
 // std::runtime_error naming the directory.
 void fsync_directory(const std::filesystem::path& dir);
 
+// create_directories, made durable: the parent of every directory it creates is fsynced, so a power
+// loss cannot take away a directory whose contents were fsynced into it.
+void create_directories_durably(const std::filesystem::path& dir);
+
+// Deletes a directory tree so that a crash half-way never leaves a partial tree under its name: it is
+// renamed to `<dir>.del.<pid>.<rand>` first (durably), then removed.
+void remove_directory_durably(const std::filesystem::path& dir);
+
+// What a crash in the middle of these writers leaves in `dir`, cleaned up: `*.tmp.*` (being written)
+// and `*.del.*` (being deleted) are removed; a `<name>.old.*` (a replaced directory, kept until its
+// successor was in place) whose `<name>` is missing was the only copy and is put back, otherwise it
+// is removed. Only for a directory no other process writes into (the caller holds its lock).
+void recover_after_crash(const std::filesystem::path& dir);
+
 // A directory written as a whole: its files go into a temporary sibling (`path()`), and commit() fsyncs
 // every file and directory in it and renames it into place. An existing target is renamed aside first
 // and deleted after (never remove-then-rename: a crash between the two would lose both); a crash at any

@@ -222,7 +222,7 @@ TEST_F(TokenizerBadInput, MalformedVocabJson) {
 TEST_F(TokenizerBadInput, VocabJsonWrongType) {
   write("vocab.json", "{\"a\": \"zero\"}");
   write("merges.txt", "#version: 0.2\n");
-  expect_error_naming("vocab.json", "non-negative integer id");
+  expect_error_naming("vocab.json", "expected a token id in [0, 2^24)");
 }
 
 TEST_F(TokenizerBadInput, MalformedMergesNamesLine) {

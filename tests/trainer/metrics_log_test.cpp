@@ -55,5 +55,37 @@ TEST(MetricsLog, LinesAreJsonWithNullForNonFinite) {
   fs::remove(p);
 }
 
+// A resumed run keeps the records up to its checkpoint's step, drops later ones and a torn last line
+// (the interrupted process was killed mid-write), remembers what it kept, and appends after it.
+TEST(MetricsLog, ResumeKeepsRecordsUpToTheCheckpointAndDropsATornLine) {
+  const fs::path p = fs::temp_directory_path() / ("qtrain-metrics-" + std::to_string(std::random_device{}()) + ".jsonl");
+  {
+    MetricsLog log(p, 10, true, {});
+    log.record("eval", 0, {{"eval_loss", 3.0}});
+    for (int s = 1; s <= 6; ++s) log.record("train", s, {{"loss", 1.0 / s}});
+    log.record("eval", 4, {{"eval_loss", 2.0}});
+  }
+  { std::ofstream(p, std::ios::app) << "{\"kind\": \"train\", \"st"; }  // torn
+  {
+    MetricsLog log(p, 10, true, 4);
+    EXPECT_TRUE(log.has("eval", 0));
+    EXPECT_TRUE(log.has("train", 4));
+    EXPECT_TRUE(log.has("eval", 4)) << "step 4's evaluation came before its checkpoint";
+    EXPECT_FALSE(log.has("train", 5));
+    EXPECT_FALSE(log.has("eval", 8));
+    log.record("train", 5, {{"loss", 0.5}});
+    EXPECT_TRUE(log.has("train", 5));
+  }
+  std::vector<std::pair<std::string, int64_t>> got;
+  for (const auto& l : lines_of(p)) {
+    const auto j = nlohmann::json::parse(l);  // every line parses: the torn one is gone
+    got.emplace_back(j["kind"].get<std::string>(), j["step"].get<int64_t>());
+  }
+  const std::vector<std::pair<std::string, int64_t>> want = {{"eval", 0}, {"train", 1}, {"train", 2}, {"train", 3},
+                                                              {"train", 4}, {"eval", 4}, {"train", 5}};
+  EXPECT_EQ(got, want);
+  fs::remove(p);
+}
+
 }  // namespace
 }  // namespace qtrain

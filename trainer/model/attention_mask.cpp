@@ -1,6 +1,7 @@
 #include "trainer/model/attention_mask.h"
 
 #include "data/dataset/batching.h"
+#include "trainer/model/host_to_device.h"
 
 namespace qtrain {
 
@@ -28,7 +29,7 @@ at::Tensor build_attention_mask(const at::Tensor& segment_ids, int64_t batch, in
   if (!sliding_window && single_document_on_host(segment_ids)) return {};  // plain causal: SDPA's is_causal
 
   const at::Tensor seg = segment_ids.defined()
-                             ? segment_ids.to(device)
+                             ? host_to_device(segment_ids, device)
                              : at::zeros({batch, seq}, at::TensorOptions().dtype(at::kInt).device(device));
   at::Tensor allowed = segment_attention_mask(seg);  // [batch, 1, seq, seq]: same document, causal, padding → self
   if (!sliding_window) return allowed.contiguous();

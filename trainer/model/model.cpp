@@ -7,6 +7,7 @@
 #include "data/io/safetensors.h"
 #include "trainer/model/attention_mask.h"
 #include "trainer/model/checkpoint_weights.h"
+#include "trainer/model/host_to_device.h"
 #include "trainer/model/linear_modules.h"
 #include "trainer/model/random_init.h"
 #include "trainer/model/recompute.h"
@@ -203,12 +204,12 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
                                const RunContext* ctx) const {
   check_ids(ids, config_.vocab_size);
   const int64_t b = ids.size(0), t = ids.size(1);
-  at::Tensor pos = positions.defined() ? positions.to(device(), at::kLong)
+  at::Tensor pos = positions.defined() ? host_to_device(positions, device()).to(at::kLong)
                                        : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
   const at::Tensor seg = attention_mask.defined() ? segment_ids_from_padding(attention_mask) : at::Tensor();
   const at::Tensor mask = build_attention_mask(seg, b, t, config_.sliding_window, device());
-  at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);  // [batch, seq, hidden]
+  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), mask, rope, ctx);  // [batch, seq, hidden]
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
 }
 
@@ -218,10 +219,10 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
   TORCH_CHECK(segment_ids.sizes() == ids.sizes() && positions.sizes() == ids.sizes(),
               "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
               segment_ids.sizes(), " and ", positions.sizes());
-  const RopeTables rope = rope_tables(inv_freq_, positions.to(device(), at::kLong), dtype_);
+  const RopeTables rope = rope_tables(inv_freq_, host_to_device(positions, device()).to(at::kLong), dtype_);
   // From the segment ids where the loader made them (the host): no device sync to find the causal fast path.
   const at::Tensor mask = build_attention_mask(segment_ids, ids.size(0), ids.size(1), config_.sliding_window, device());
-  at::Tensor h = run_layers(at::embedding(embed_, ids.to(device())), mask, rope, ctx);
+  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), mask, rope, ctx);
   return rms_norm(h, final_norm_);
 }
 

@@ -107,12 +107,14 @@ inline Outcome run_qtrain(const fs::path& cwd, const std::string& args, const st
   return o;
 }
 
-// Every regular file under `dir` (relative path → bytes).
+// Every regular file under `dir` (relative path → bytes), but the run directory's lock file: each run
+// writes its pid into it, by design.
 inline std::map<std::string, std::string> snapshot(const fs::path& dir) {
   std::map<std::string, std::string> files;
   if (!fs::exists(dir)) return files;
   for (const auto& e : fs::recursive_directory_iterator(dir))
-    if (e.is_regular_file()) files[fs::relative(e.path(), dir).string()] = read_bytes(e.path());
+    if (e.is_regular_file() && e.path().filename() != ".qtrain.lock")
+      files[fs::relative(e.path(), dir).string()] = read_bytes(e.path());
   return files;
 }
 

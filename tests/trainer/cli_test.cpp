@@ -1,6 +1,8 @@
 // The qtrain executable on good and bad input: each bad model directory gives an error that names the
 // file and the tensor or key, the documented exit code, and no crash.
 #include <gtest/gtest.h>
+
+#include <regex>
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -84,7 +86,11 @@ class CliTest : public ::testing::Test {
 };
 
 TEST_F(CliTest, HelpVersionAndUsageErrors) {
-  EXPECT_EQ(run("--help").code, 0);
+  const auto help = run("--help");
+  EXPECT_EQ(help.code, 0);
+  // Every verb stands apart from its summary (a 10-letter verb once ran into it: "dequantizewrite").
+  for (const char* verb : {"train", "inspect", "forward", "tokenize", "quantize", "dequantize", "data"})
+    EXPECT_TRUE(std::regex_search(help.output, std::regex(std::string("\n  ") + verb + "  +[a-z]"))) << verb << "\n" << help.output;
   EXPECT_NE(run("--version").output.find(QTRAIN_VERSION), std::string::npos);
   auto r = run("frobnicate");
   EXPECT_EQ(r.code, 2);

@@ -1,5 +1,7 @@
 #include "trainer/cli/cli.h"
 
+#include <algorithm>
+
 #include <c10/util/Exception.h>
 
 #include <boost/program_options/errors.hpp>
@@ -31,7 +33,10 @@ const Verb kVerbs[] = {
 void print_help(std::ostream& os) {
   os << "qtrain " << QTRAIN_VERSION << ": QLoRA fine-tuning of Llama-family models in C++\n\n"
      << "usage: qtrain <verb> [options]      (qtrain <verb> --help for the verb's options)\n\nverbs:\n";
-  for (const auto& v : kVerbs) os << "  " << v.name << std::string(10 - std::string(v.name).size(), ' ') << v.summary << "\n";
+  // The summaries line up one column past the longest verb name.
+  std::size_t width = 0;
+  for (const auto& v : kVerbs) width = std::max(width, std::string(v.name).size());
+  for (const auto& v : kVerbs) os << "  " << v.name << std::string(width + 2 - std::string(v.name).size(), ' ') << v.summary << "\n";
   os << "\nexit codes: 0 ok, 1 failure, 2 usage or config error, 3 bad input data\n";
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "data/error.h"
+#include "data/json_depth.h"
 #include "ops/dtype_names.h"
 
 namespace qtrain::bnb {
@@ -64,9 +65,12 @@ ops::QuantState load(const safetensors::Checkpoint& ckpt, const std::string& w, 
   const std::string blob_key = blob_name(w, s.type);
   at::Tensor blob = ckpt.tensor(blob_key);
   if (blob.scalar_type() != at::kByte || blob.dim() != 1) fail("'" + blob_key + "' must be a 1-D U8 tensor of JSON bytes");
+  const std::string text(static_cast<const char*>(blob.data_ptr()), blob.numel());
+  if (json_too_deep_at(text) != std::string::npos)
+    fail("'" + blob_key + "' nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(std::string(static_cast<const char*>(blob.data_ptr()), blob.numel()));
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     fail("'" + blob_key + "' is not valid JSON: " + e.what());
   }

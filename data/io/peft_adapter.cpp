@@ -7,6 +7,7 @@
 #include "data/io/atomic_file.h"
 #include "data/error.h"
 #include "data/io/safetensors.h"
+#include "data/json_depth.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
@@ -75,9 +76,13 @@ NamedTensors load_peft_adapter(const fs::path& dir, AdapterInfo* info) {
   const fs::path cfg_path = dir / "adapter_config.json";
   std::ifstream in(cfg_path);
   if (!in) throw InputError(cfg_path.string() + ": cannot open (is this a PEFT adapter directory?)");
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  if (const size_t at = json_too_deep_at(text); at != std::string::npos)
+    throw InputError(cfg_path.string() + ": JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels at byte " +
+                     std::to_string(at));
   nlohmann::json c;
   try {
-    c = nlohmann::json::parse(in);
+    c = nlohmann::json::parse(text);
     if (info) {
       info->r = c.at("r").get<int64_t>();
       info->alpha = c.at("lora_alpha").get<double>();

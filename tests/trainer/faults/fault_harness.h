@@ -17,23 +17,12 @@
 #include <random>
 #include <string>
 
+#include "tests/scratch_dir.h"
+
 namespace qtrain::faults {
 namespace fs = std::filesystem;
 
-// A fresh directory under /tmp, removed with everything in it.
-struct ScratchDir {
-  fs::path path;
-  explicit ScratchDir(const std::string& what)
-      : path(fs::temp_directory_path() / ("qtrain-" + what + "-" + std::to_string(std::random_device{}()))) {
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-};
+using ScratchDir = test_tools::ScratchDir;  // a fresh temporary directory, removed with its contents
 
 // ../shared/data, or QTRAIN_SHARED_DATA when set (a test run can point it at a missing directory to
 // check that the tests skip).

@@ -28,13 +28,7 @@ void make_seeds(const std::filesystem::path& dir) {
 
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = std::getenv("QTRAIN_FUZZ_MAKE_SEEDS")) {
-    make_seeds(dir);
-    std::exit(0);
-  }
-  return 0;
-}
+extern "C" int LLVMFuzzerInitialize(int*, char***) { return qtrain::fuzz::make_seeds_if_asked(make_seeds); }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace fz = qtrain::fuzz;

@@ -68,6 +68,17 @@ inline void write_file(const std::filesystem::path& p, std::string_view bytes) {
   }
 }
 
+// The harnesses whose seeds must come from qtrain's own writers (HDF5 files): with
+// QTRAIN_FUZZ_MAKE_SEEDS=DIR the binary writes them there through `make` and exits (scripts/fuzz.sh).
+// Call from LLVMFuzzerInitialize.
+inline int make_seeds_if_asked(void (*make)(const std::filesystem::path& dir)) {
+  if (const char* dir = std::getenv("QTRAIN_FUZZ_MAKE_SEEDS")) {
+    make(dir);
+    std::exit(0);
+  }
+  return 0;
+}
+
 [[noreturn]] inline void finding(const char* what, const std::string& type, const std::string& message) {
   std::fprintf(stderr, "\n==qtrain-fuzz== %s\n  exception type: %s\n  message: %s\n", what, type.c_str(), message.c_str());
   std::abort();

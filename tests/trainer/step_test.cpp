@@ -47,6 +47,14 @@ LlamaModel tiny_model(uint64_t seed) {
   return m;
 }
 
+// A model and the recipe's default optimizer (AdamW 32-bit, no weight decay) over its adapters.
+struct Trainee {
+  LlamaModel model;
+  std::unique_ptr<Optimizer> opt;
+  explicit Trainee(uint64_t seed)
+      : model(tiny_model(seed)), opt(make_optimizer(OptimizerSection{}, 0.0, model.lora_parameters())) {}
+};
+
 // Rows of unequal lengths, right-padded; position 0 of a row is never a target.
 Batch make_batch(int64_t b, int64_t t, at::Generator& g) {
   Batch r;
@@ -101,9 +109,9 @@ TEST(TrainStep, MicroBatchesEqualOneBatch) {
   const uint64_t seed = fresh_seed();
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const Batch all = make_batch(4, 14, g);
-  LlamaModel a = tiny_model(seed), b = tiny_model(seed);
-  auto oa = make_optimizer(OptimizerSection{}, 0.0, a.lora_parameters());
-  auto ob = make_optimizer(OptimizerSection{}, 0.0, b.lora_parameters());
+  Trainee ta(seed), tb(seed);
+  LlamaModel &a = ta.model, &b = tb.model;
+  auto &oa = ta.opt, &ob = tb.opt;
   const StepResult big = train_step(a, *oa, {all}, settings(1e-3, 0), training_ctx());
   const StepResult acc = train_step(b, *ob, {rows(all, 0, 2), rows(all, 2, 2)}, settings(1e-3, 0), training_ctx());
   EXPECT_EQ(big.tokens, all.num_target_tokens);
@@ -120,8 +128,10 @@ TEST(TrainStep, ClipsByTheGlobalNormLikeTransformers) {
   const uint64_t seed = fresh_seed();
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const Batch batch = make_batch(3, 12, g);
-  LlamaModel m = tiny_model(seed), ref = tiny_model(seed);
-  auto opt = make_optimizer(OptimizerSection{}, 0.0, m.lora_parameters());
+  Trainee t(seed);
+  LlamaModel& m = t.model;
+  auto& opt = t.opt;
+  LlamaModel ref = tiny_model(seed);
   const double max_norm = 1e-3;  // far below the norm of a first step: clipping bites
   const StepResult r = train_step(m, *opt, {batch}, settings(1e-2, max_norm), training_ctx());
   ASSERT_TRUE(r.finite);
@@ -147,9 +157,9 @@ TEST(TrainStep, ClipsByTheGlobalNormLikeTransformers) {
   }
 
   // Negative control: without clipping the first Adam step moves every weight by ~lr instead of ~lr·scale.
-  LlamaModel n = tiny_model(seed);
-  auto on = make_optimizer(OptimizerSection{}, 0.0, n.lora_parameters());
-  const StepResult unclipped = train_step(n, *on, {batch}, settings(1e-2, 0), training_ctx());
+  Trainee tn(seed);
+  auto& on = tn.opt;
+  const StepResult unclipped = train_step(tn.model, *on, {batch}, settings(1e-2, 0), training_ctx());
   EXPECT_EQ(unclipped.clip_scale, 1.0);
   EXPECT_FALSE(at::allclose(on->params()[0].second, opt->params()[0].second, 1e-6, 1e-9));
 }
@@ -158,9 +168,9 @@ TEST(TrainStep, ReduceHookOfTwoIdenticalRanksGivesTheSingleProcessStep) {
   const uint64_t seed = fresh_seed();
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const Batch batch = make_batch(2, 12, g);
-  LlamaModel one = tiny_model(seed), two = tiny_model(seed);
-  auto o1 = make_optimizer(OptimizerSection{}, 0.0, one.lora_parameters());
-  auto o2 = make_optimizer(OptimizerSection{}, 0.0, two.lora_parameters());
+  Trainee t1(seed), t2(seed);
+  LlamaModel &one = t1.model, &two = t2.model;
+  auto &o1 = t1.opt, &o2 = t2.opt;
   const StepResult r1 = train_step(one, *o1, {batch}, settings(1e-3, 0.3), training_ctx());
   // Two ranks with the same batch: every sum across ranks doubles. Scaling by 2 is exact in binary
   // floating point, so the result must be the single-process step bit for bit.
@@ -181,8 +191,9 @@ TEST(TrainStep, ReduceHookOfTwoIdenticalRanksGivesTheSingleProcessStep) {
     EXPECT_TRUE(at::equal(o2->params()[i].second, o1->params()[i].second)) << o1->params()[i].first;
   // Negative control: summing gradients without the global token count is the per-rank-mean bug
   // (gradients twice too large): the norm doubles.
-  LlamaModel three = tiny_model(seed);
-  auto o3 = make_optimizer(OptimizerSection{}, 0.0, three.lora_parameters());
+  Trainee t3(seed);
+  LlamaModel& three = t3.model;
+  auto& o3 = t3.opt;
   StepReduce grads_only;
   grads_only.grads = twice.grads;
   const StepResult r3 = train_step(three, *o3, {batch}, settings(1e-3, 0.3), training_ctx(), grads_only);
@@ -193,8 +204,9 @@ TEST(TrainStep, StopBetweenMicroBatchesAbandonsTheStep) {
   const uint64_t seed = fresh_seed();
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const Batch batch = make_batch(4, 10, g);
-  LlamaModel m = tiny_model(seed);
-  auto opt = make_optimizer(OptimizerSection{}, 0.0, m.lora_parameters());
+  Trainee t(seed);
+  LlamaModel& m = t.model;
+  auto& opt = t.opt;
   const auto before = snapshot(opt->params(), false);
   int polls = 0;
   const StepResult r = train_step(m, *opt, {rows(batch, 0, 2), rows(batch, 2, 2)}, settings(1e-2, 0), training_ctx(), {},
@@ -211,8 +223,9 @@ TEST(TrainStep, NonFiniteLossMakesNoUpdate) {
   const uint64_t seed = fresh_seed();
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const Batch batch = make_batch(2, 10, g);
-  LlamaModel m = tiny_model(seed);
-  auto opt = make_optimizer(OptimizerSection{}, 0.0, m.lora_parameters());
+  Trainee t(seed);
+  LlamaModel& m = t.model;
+  auto& opt = t.opt;
   {
     at::NoGradGuard ng;
     opt->params().back().second.fill_(std::numeric_limits<float>::infinity());  // the last B: every logit non-finite

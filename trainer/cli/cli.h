@@ -18,5 +18,8 @@ int run_tokenize(const std::vector<std::string>& args);
 int run_quantize(const std::vector<std::string>& args);
 int run_dequantize(const std::vector<std::string>& args);
 int run_data(const std::vector<std::string>& args);
+int run_export(const std::vector<std::string>& args);
+int run_eval(const std::vector<std::string>& args);
+int run_generate(const std::vector<std::string>& args);
 
 }  // namespace qtrain::cli

@@ -9,6 +9,7 @@ at::Tensor Linear::dense_weight(at::ScalarType dtype) const {
 }
 
 at::Tensor Linear::forward(const at::Tensor& x, const RunContext* ctx) const {
+  if (ctx && ctx->on_linear_input) ctx->on_linear_input(*this, x);
   if (!lora) {
     // A 4-bit W without an adapter still goes through the QLoRA op (its frozen form): plain autograd
     // through at::linear(x, deq(W)) would keep the full-precision W alive until backward.

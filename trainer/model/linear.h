@@ -4,6 +4,7 @@
 // (ops/qlora_linear.h).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 
@@ -13,12 +14,17 @@
 
 namespace qtrain {
 
+struct Linear;
+
 // Per-call state of a forward pass. The dropout generator is what recompute replays: a layer run
 // again in backward draws exactly the masks it drew the first time.
 struct RunContext {
   bool training = false;       // LoRA dropout on
   bool recompute = false;      // keep only layer inputs; recompute each layer in backward
   at::Generator dropout_gen;   // required when training with dropout > 0
+  // Called with each linear's input x [..., in] before it is applied: how export's calibration
+  // collects the activation statistics of every linear (GPTQ's Hessians, AWQ's channel scales).
+  std::function<void(const Linear&, const at::Tensor&)> on_linear_input;
 };
 
 // A trainable low-rank adapter on a frozen linear: y += s·(dropout(x)·Aᵀ)·Bᵀ (PEFT's LoRA).

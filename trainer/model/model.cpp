@@ -213,6 +213,16 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
 }
 
+LlamaModel::LayerInputs LlamaModel::layer_inputs(int64_t batch, int64_t seq) const {
+  const at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).expand({batch, seq});
+  return {build_attention_mask({}, batch, seq, config_.sliding_window, device()), rope_tables(inv_freq_, pos, dtype_)};
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
+  check_ids(ids, config_.vocab_size);
+  return at::embedding(embed_, host_to_device(ids, device()));
+}
+
 at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& segment_ids, const at::Tensor& positions,
                                      const RunContext* ctx) const {
   check_ids(ids, config_.vocab_size);

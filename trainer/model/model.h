@@ -16,6 +16,7 @@
 #include "data/io/hf_config.h"
 #include "trainer/model/linear.h"
 #include "trainer/model/lora.h"
+#include "trainer/model/rope.h"
 #include "trainer/model/weight_source.h"
 
 namespace qtrain {
@@ -77,12 +78,30 @@ class LlamaModel {
                            const RunContext* ctx = nullptr) const;
   at::Tensor lm_head(const at::Tensor& hidden) const { return at::linear(hidden, lm_head_); }
 
+  // Layer-by-layer execution with the same ops as forward(): what export's calibration passes need
+  // (GPTQ quantizes one decoder layer at a time and feeds its quantized outputs to the next).
+  // embed(ids [batch, seq]) → h [batch, seq, hidden]; run_layer(i, h) → h; final_norm(h) → the input
+  // of lm_head. Unpadded, causal rows with positions 0..seq-1 (calibration windows).
+  struct LayerInputs {
+    at::Tensor mask;   // undefined: plain causal
+    RopeTables rope;
+  };
+  LayerInputs layer_inputs(int64_t batch, int64_t seq) const;
+  at::Tensor embed(const at::Tensor& ids) const;
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  DecoderLayer& layer(int64_t i) { return layers_.at(i); }
+  const DecoderLayer& layer(int64_t i) const { return layers_.at(i); }
+  at::Tensor run_layer(int64_t i, const at::Tensor& h, const LayerInputs& in, const RunContext* ctx = nullptr) const {
+    return layer_forward(layers_.at(i), h, in.mask, in.rope, ctx);
+  }
+  at::Tensor final_norm(const at::Tensor& h) const { return rms_norm(h, final_norm_); }
+
  private:
   at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
-                       const struct RopeTables& rope, const RunContext* ctx) const;
+                       const RopeTables& rope, const RunContext* ctx) const;
   at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
-                           const struct RopeTables& rope, const RunContext* ctx) const;
-  at::Tensor run_layers(at::Tensor h, const at::Tensor& mask, const struct RopeTables& rope, const RunContext* ctx) const;
+                           const RopeTables& rope, const RunContext* ctx) const;
+  at::Tensor run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
 
   ModelConfig config_;

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "data/io/gptq_settings.h"
+
 namespace qtrain {
 
 enum class ModelFamily { kLlama, kMistral, kQwen2, kQwen3 };
@@ -61,6 +63,9 @@ struct ModelConfig {
   std::optional<int64_t> pad_token_id;
   std::string torch_dtype = "float32";  // the checkpoint's declared dtype
   std::optional<Bnb4bitConfig> bnb_4bit;  // set when the checkpoint is already bnb-4bit
+  // Set when the checkpoint is GPTQ v1 (quant_method gptq, checkpoint_format gptq): its decoder-layer
+  // linears are stored packed (gptq_format.h) and load dequantized (or re-quantized to NF4).
+  std::optional<GptqSettings> gptq;
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }

@@ -117,6 +117,32 @@ std::vector<int64_t> id_list(const Reader& r, const std::string& key) {
   return {r.integer_at(v, key)};
 }
 
+// quantization_config of a GPTQ checkpoint (formats.md §5.7; AutoGPTQ and GPTQModel spellings). Only the
+// v1 packing ("gptq") is read: v2 stores the true zero and would dequantize one step off.
+GptqSettings parse_gptq(const Reader& qr) {
+  GptqSettings g;
+  g.bits = static_cast<int>(qr.integer("bits"));
+  if (g.bits != 4 && g.bits != 8)
+    qr.fail("bits", "only 4- and 8-bit GPTQ checkpoints are supported, found " + std::to_string(g.bits));
+  g.group_size = qr.integer("group_size");
+  if (g.group_size != -1 && g.group_size <= 0)
+    qr.fail("group_size", "expected -1 or a positive integer, found " + std::to_string(g.group_size));
+  g.sym = qr.boolean_or("sym", true);
+  g.desc_act = qr.boolean_or("desc_act", false);
+  g.static_groups = qr.boolean_or("static_groups", false);
+  g.true_sequential = qr.boolean_or("true_sequential", true);
+  g.damp_percent = qr.number_or("damp_percent", g.damp_percent);
+  // AutoGPTQ writes checkpoint_format, GPTQModel also `format`; both absent means AutoGPTQ's v1.
+  const std::string key = qr.has("checkpoint_format") ? "checkpoint_format" : "format";
+  const std::string fmt = qr.string_or(key, "gptq");
+  if (fmt != "gptq")
+    qr.fail(key, "only GPTQ v1 checkpoints (\"gptq\") can be loaded, found '" + fmt + "'" +
+                     (fmt == "gptq_v2" ? " (GPTQModel's v2 stores the true zero; save it with format \"gptq\")" : ""));
+  const std::string pack = qr.string_or("pack_dtype", "int32");
+  if (pack != "int32") qr.fail("pack_dtype", "only int32 packing is supported, found '" + pack + "'");
+  return g;
+}
+
 }  // namespace
 
 std::string_view family_name(ModelFamily f) {
@@ -213,9 +239,13 @@ ModelConfig parse_model_config_text(const std::string& text, const std::string& 
     if (!q.is_object()) r.fail(key, "expected an object, found " + q.dump());
     const Reader qr(q, source, key + ".");  // typed reads: a wrong type names the key, not nlohmann's type_error
     const std::string method = qr.string_or("quant_method", "?");
+    if (method == "gptq") {
+      c.gptq = parse_gptq(qr);
+      return c;
+    }
     const bool four_bit = qr.boolean_or("load_in_4bit", qr.boolean_or("_load_in_4bit", false));
     if (method != "bitsandbytes" || !four_bit)
-      r.fail(key + ".quant_method", "only bitsandbytes 4-bit checkpoints can be loaded for training (found quant_method '" +
+      r.fail(key + ".quant_method", "only bitsandbytes 4-bit and GPTQ checkpoints can be loaded (found quant_method '" +
                                         method + "', load_in_4bit " + (four_bit ? "true" : "false") +
                                         "); start from the full-precision model instead");
     Bnb4bitConfig b;

@@ -84,17 +84,34 @@ int run_inspect(const std::vector<std::string>& args) {
       if (name.size() > w.size() && name.compare(0, w.size() + 1, w + ".") == 0) return true;
     return false;
   };
+  // A GPTQ linear P is P.qweight [in·bits/32, out] with P.qzeros, P.scales, P.g_idx: counted once, as
+  // in·out parameters of the qweight.
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  auto gptq_companion = [&](const std::string& name) {
+    if (!c.gptq) return false;
+    for (const char* sfx : {".qzeros", ".scales", ".g_idx"})
+      if (ends_with(name, sfx) && ckpt.contains(name.substr(0, name.size() - std::string(sfx).size()) + ".qweight"))
+        return true;
+    return false;
+  };
   for (const auto& name : ckpt.names()) {
     const auto& info = ckpt.info(name);
     stored_bytes += info.end - info.begin;
-    if (companion_of(name)) continue;
+    if (companion_of(name) || gptq_companion(name)) continue;
     const Kind k = classify(name);
-    const uint64_t n = quantized.count(name) ? bnb::load(ckpt, name, at::kCPU).numel() : info.numel();
+    const bool gptq = c.gptq && ends_with(name, ".qweight") && info.shape.size() == 2;
+    const uint64_t n = quantized.count(name) ? bnb::load(ckpt, name, at::kCPU).numel()
+                       : gptq               ? info.numel() * (32 / c.gptq->bits)
+                                            : info.numel();
     params[k] += n;
     total += n;
-    dtypes[quantized.count(name) ? std::string("4-bit") : std::string(safetensors::dtype_name(info.dtype))] += n;
-    const bool matrix = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
-                        (info.shape.size() == 2 || quantized.count(name));
+    dtypes[quantized.count(name) ? std::string("4-bit")
+           : gptq                ? "gptq-" + std::to_string(c.gptq->bits) + "bit"
+                                 : std::string(safetensors::dtype_name(info.dtype))] += n;
+    const bool matrix = gptq || (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+                                 (info.shape.size() == 2 || quantized.count(name)));
     nf4_bytes += (is_quantizable(k) && matrix) ? nf4_dq_bytes(n) : 2.0 * n;
   }
 
@@ -107,6 +124,10 @@ int run_inspect(const std::vector<std::string>& args) {
   if (c.bnb_4bit)
     std::cout << "\nquantized    bitsandbytes " << c.bnb_4bit->quant_type << (c.bnb_4bit->double_quant ? " + double quant" : "")
               << " (" << quantized.size() << " 4-bit weights)";
+  if (c.gptq)
+    std::cout << "\nquantized    GPTQ v1 " << c.gptq->bits << "-bit, group_size " << c.gptq->group_size
+              << (c.gptq->sym ? ", sym" : ", asym") << (c.gptq->desc_act ? ", desc_act" : "")
+              << (c.gptq->static_groups ? ", static_groups" : "");
   std::cout << "\nembeddings   " << (c.tie_word_embeddings ? "tied" : "untied") << "\n";
   if (c.sliding_window) std::cout << "window       " << *c.sliding_window << "\n";
   std::cout << "parameters   " << total << "\n";

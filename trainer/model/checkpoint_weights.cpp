@@ -4,6 +4,8 @@
 
 #include "data/error.h"
 #include "data/io/bnb_format.h"
+#include "data/io/gptq_format.h"
+#include "data/io/hf_config.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
@@ -26,7 +28,8 @@ fs::path file_of(const safetensors::Checkpoint& ckpt, const std::string& name) {
 
 class CheckpointWeights final : public WeightSource {
  public:
-  CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) : ckpt_(ckpt), opts_(opts) {}
+  CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts, std::optional<GptqSettings> gptq)
+      : ckpt_(ckpt), opts_(opts), gptq_(gptq) {}
 
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
     check(name, shape);
@@ -42,6 +45,16 @@ class CheckpointWeights final : public WeightSource {
       if (l.qweight->shape != std::vector<int64_t>{out, in})
         throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
                          " but config.json implies " + shape_str({out, in}));
+    } else if (is_gptq_linear(ckpt_, prefix)) {
+      // GPTQ v1: dequantized in fp32 on the load device, then dense in the load dtype or NF4 when asked.
+      const GptqSettings& g = gptq_settings(prefix);
+      GptqLinear q = unpack_gptq_v1(ckpt_, prefix, out, in, g.bits, g.group_size);
+      q.codes = q.codes.to(opts_.device);
+      q.scales = q.scales.to(opts_.device);
+      q.zeros = q.zeros.to(opts_.device);
+      q.g_idx = q.g_idx.to(opts_.device);
+      if (opts_.quantize) l.qweight = ops::quantize_4bit(q.dequantize(at::kFloat), *opts_.quantize);
+      else l.weight = q.dequantize(opts_.dtype);
     } else if (opts_.quantize) {
       check(w, {out, in});
       l.qweight = quantize(w);
@@ -64,6 +77,15 @@ class CheckpointWeights final : public WeightSource {
                        " but config.json implies " + shape_str(shape));
   }
 
+  // bits and group_size of a GPTQ checkpoint: as given, else from the checkpoint's own config.json (read once).
+  const GptqSettings& gptq_settings(const std::string& prefix) const {
+    if (!gptq_) gptq_ = parse_model_config(ckpt_.dir() / "config.json").gptq;
+    if (!gptq_)
+      throw InputError(ckpt_.dir().string() + ": tensor '" + prefix + ".qweight' is a GPTQ weight but config.json " +
+                       "has no quantization_config with quant_method \"gptq\" (its bits and group_size are needed)");
+    return *gptq_;
+  }
+
   // One full-precision tensor at a time: read from the mmap, quantized on the target device.
   ops::QuantState quantize(const std::string& name) const {
     const at::Tensor w = ckpt_.tensor(name);  // [out, in], CPU view of the mapping
@@ -84,12 +106,14 @@ class CheckpointWeights final : public WeightSource {
 
   const safetensors::Checkpoint& ckpt_;
   const LoadOptions& opts_;
+  mutable std::optional<GptqSettings> gptq_;
 };
 
 }  // namespace
 
-std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts) {
-  return std::make_unique<CheckpointWeights>(ckpt, opts);
+std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts,
+                                                 std::optional<GptqSettings> gptq) {
+  return std::make_unique<CheckpointWeights>(ckpt, opts, gptq);
 }
 
 }  // namespace qtrain

@@ -4,13 +4,19 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
+#include "data/io/gptq_settings.h"
 #include "data/io/safetensors.h"
 #include "trainer/model/weight_source.h"
 
 namespace qtrain {
 
-// `ckpt` and `opts` must outlive the source.
-std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts);
+// `ckpt` and `opts` must outlive the source. A GPTQ v1 checkpoint's linears (P.qweight, ...) load
+// dequantized, in the load dtype or, when opts.quantize asks, re-quantized to NF4 from the fp32
+// dequantized weight. Their bits and group_size come from `gptq` (ModelConfig::gptq) or, when not given,
+// from the checkpoint directory's config.json.
+std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts,
+                                                 std::optional<GptqSettings> gptq = std::nullopt);
 
 }  // namespace qtrain

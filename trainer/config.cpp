@@ -22,6 +22,7 @@ const Table<DtypeChoice> kDtypes = {{DtypeChoice::kAuto, "auto"}, {DtypeChoice::
 const Table<DeviceChoice> kDevices = {{DeviceChoice::kAuto, "auto"}, {DeviceChoice::kCpu, "cpu"}, {DeviceChoice::kCuda, "cuda"}};
 const Table<Schedule> kSchedules = {{Schedule::kConstant, "constant"}, {Schedule::kLinear, "linear"}, {Schedule::kCosine, "cosine"}};
 const Table<NanPolicy> kNanPolicies = {{NanPolicy::kStop, "stop"}, {NanPolicy::kSkip, "skip"}};
+const Table<ExportFormat> kExportFormats = {{ExportFormat::kNone, "none"}, {ExportFormat::kMerged, "merged"}, {ExportFormat::kGptq, "gptq"}};
 const Table<ops::QuantType> kQuantTypes = {{ops::QuantType::kNF4, "nf4"}, {ops::QuantType::kFP4, "fp4"}};
 
 template <class E>
@@ -215,6 +216,24 @@ std::vector<Field> all_fields() {
       QT_F(int64_t, "schedule.save_every", schedule.save_every, show_i64),
       QT_F(int64_t, "schedule.keep_last", schedule.keep_last, show_i64),
       QT_F(int64_t, "schedule.eval_batches", schedule.eval_batches, show_i64),
+      QT_E("export.format", kExportFormats, export_.format),
+      QT_F(std::filesystem::path, "export.out", export_.out, show_path),
+      QT_F(std::string, "export.dtype", export_.dtype, show_str),
+      QT_F(int64_t, "export.bits", export_.bits, show_i64),
+      QT_F(int64_t, "export.group_size", export_.group_size, show_i64),
+      QT_F(bool, "export.sym", export_.sym, show_bool),
+      QT_F(bool, "export.desc_act", export_.desc_act, show_bool),
+      QT_F(bool, "export.static_groups", export_.static_groups, show_bool),
+      QT_F(double, "export.damp", export_.damp, show_f64),
+      QT_F(bool, "export.true_sequential", export_.true_sequential, show_bool),
+      QT_F(std::string, "export.calib", export_.calib, show_str),
+      QT_F(int64_t, "export.calib_samples", export_.calib_samples, show_i64),
+      QT_F(int64_t, "export.calib_len", export_.calib_len, show_i64),
+      QT_F(bool, "export.calib_trained_only", export_.calib_trained_only, show_bool),
+      QT_F(bool, "export.report", export_.report, show_bool),
+      QT_F(std::filesystem::path, "export.eval_text", export_.eval_text, show_path),
+      QT_F(int64_t, "export.eval_len", export_.eval_len, show_i64),
+      QT_F(int64_t, "export.eval_windows", export_.eval_windows, show_i64),
       QT_F(std::filesystem::path, "output_dir", output_dir, show_path),
   };
   for (auto& df : data_fields()) f.push_back(std::move(df));
@@ -263,6 +282,24 @@ void flatten(const YAML::Node& n, const std::string& prefix, std::vector<std::pa
   }
 }
 
+// (key within the section, message) for every impossible export setting.
+std::vector<std::pair<std::string, std::string>> export_problems(const ExportSection& e) {
+  std::vector<std::pair<std::string, std::string>> p;
+  if (e.dtype != "auto" && e.dtype != "bfloat16" && e.dtype != "float16" && e.dtype != "float32")
+    p.emplace_back("dtype", "'" + e.dtype + "' is not one of: auto, bfloat16, float16, float32");
+  if (e.bits != 4 && e.bits != 8) p.emplace_back("bits", "must be 4 or 8, found " + std::to_string(e.bits));
+  if (e.group_size != -1 && (e.group_size < 8 || e.group_size % 8 != 0))
+    p.emplace_back("group_size", "must be -1 (one group per row) or a positive multiple of 8, found " + std::to_string(e.group_size));
+  if (!(e.damp > 0 && e.damp < 1)) p.emplace_back("damp", "must be in (0, 1), found " + yaml_number(e.damp));
+  if (e.static_groups && !e.desc_act) p.emplace_back("static_groups", "only applies with desc_act (act-order)");
+  if (e.calib.empty()) p.emplace_back("calib", "must be 'recipe' or a text file");
+  if (e.calib_samples < 1) p.emplace_back("calib_samples", "must be positive");
+  if (e.calib_len < 2) p.emplace_back("calib_len", "must be at least 2 tokens");
+  if (e.eval_len < 2) p.emplace_back("eval_len", "must be at least 2 tokens");
+  if (e.eval_windows < 0) p.emplace_back("eval_windows", "must be >= 0 (0 = all)");
+  return p;
+}
+
 void validate(const Recipe& r, Problems& p) {
   auto positive = [&](const std::string& key, double v) {
     if (!(v > 0)) p.add(key, "must be positive, found " + yaml_number(v));
@@ -297,6 +334,7 @@ void validate(const Recipe& r, Problems& p) {
                       {"schedule.keep_last", r.schedule.keep_last}, {"schedule.eval_batches", r.schedule.eval_batches}})
     if (v < 0) p.add(k, "must be >= 0");
   validate_data(r.data, p);
+  for (const auto& [key, msg] : export_problems(r.export_)) p.add("export." + key, msg);
 }
 
 // ---- the data section: fields of data/dataset/data_config.h ----
@@ -481,6 +519,14 @@ std::string recipe_to_yaml(const Recipe& r) {
   return out;
 }
 
+void validate_export_section(const ExportSection& e, const std::string& where) {
+  const auto problems = export_problems(e);
+  if (problems.empty()) return;
+  std::string msg;
+  for (const auto& [key, m] : problems) msg += (msg.empty() ? "" : "\n") + where + ": " + key + ": " + m;
+  throw UsageError(msg);
+}
+
 std::string recipe_hash(const Recipe& r) {
   // FNV-1a over every resolved value except those a resumed run may change: its intervals, where it
   // writes and caches, how long it runs (to train further), and the device (moving a run between
@@ -488,7 +534,7 @@ std::string recipe_hash(const Recipe& r) {
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
     if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
-        f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir")
+        f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir" || f.key.rfind("export.", 0) == 0)
       continue;
     for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
   }

@@ -77,6 +77,39 @@ struct ScheduleSection {
   int64_t eval_batches = 0;  // 0 = the whole held-out split
 };
 
+enum class ExportFormat { kNone, kMerged, kGptq };
+
+// What `qtrain export` writes, and the recipe's `export:` section that runs it after training: one
+// struct for both, so a recipe key and a command-line option always mean the same thing.
+struct ExportSection {
+  ExportFormat format = ExportFormat::kNone;  // none: training ends with the adapter
+  std::filesystem::path out;                  // default: <run dir>/export-<format>
+  std::string dtype = "auto";  // unquantized weights: auto = bfloat16 (merged), float16 (gptq: as its kernels expect)
+  // GPTQ (formats.md §5): bits, grid, act-order, damping; defaults are what vLLM's Marlin kernels run.
+  int64_t bits = 4;
+  int64_t group_size = 128;  // -1: one group per row
+  bool sym = true;
+  bool desc_act = false;
+  bool static_groups = false;
+  double damp = 0.01;
+  bool true_sequential = true;
+  // Calibration: "recipe" = the run's own training data as it was trained on, or a text file.
+  std::string calib = "recipe";
+  int64_t calib_samples = 128;
+  int64_t calib_len = 2048;
+  bool calib_trained_only = false;  // Hessians from the positions that predict trained tokens only
+  // The quality report: perplexity and KL on a text corpus (e.g. WikiText-2's test split) and on the
+  // run's held-out data, for the merged, NF4 + LoRA, RTN and GPTQ models.
+  bool report = true;
+  std::filesystem::path eval_text;
+  int64_t eval_len = 2048;     // tokens per window
+  int64_t eval_windows = 0;    // 0 = every window of the corpus
+};
+
+// Throws UsageError listing every impossible value; `where` prefixes each ("recipe.yaml: export" or
+// "qtrain export").
+void validate_export_section(const ExportSection& e, const std::string& where);
+
 struct Recipe {
   std::filesystem::path source;  // the YAML file
   ModelSection model;
@@ -86,6 +119,7 @@ struct Recipe {
   TrainingSection training;
   OptimizerSection optimizer;
   ScheduleSection schedule;
+  ExportSection export_;  // `export:` (a keyword in C++, hence the underscore)
   std::filesystem::path output_dir = "runs/qtrain";
 };
 
@@ -98,7 +132,7 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
 std::string recipe_to_yaml(const Recipe& r);
 
 // Stable hash of the resolved recipe (resume refuses a checkpoint made with another config). Intervals,
-// output_dir, data.cache_dir, max_steps, epochs and training.device are left out: a resumed run may
+// output_dir, data.cache_dir, max_steps, epochs, training.device and the export section are left out: a resumed run may
 // change them.
 std::string recipe_hash(const Recipe& r);
 

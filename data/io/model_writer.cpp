@@ -15,14 +15,16 @@ constexpr const char* kSideFiles[] = {"tokenizer.json", "tokenizer.model", "toke
 }  // namespace
 
 void write_model_dir(const fs::path& out, const ModelDirContents& c) {
-  if (fs::exists(out) && !(fs::is_directory(out) && fs::is_empty(out)))
-    throw UsageError(out.string() + " already exists and is not empty; choose another --out or remove it");
-  AtomicDirectory dir(out);  // replaces the empty directory checked above, if any
+  if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(out.string() + " exists and is not a directory");
+  if (fs::exists(out) && !fs::is_empty(out) && !c.overwrite)
+    throw UsageError(out.string() + " already exists and is not empty; choose another --out, remove it, or pass --overwrite");
+  AtomicDirectory dir(out);  // replaces `out` (empty, or any with overwrite) only once complete
   safetensors::save_sharded(dir.path(), c.tensors, c.max_shard_bytes);
   write_file_atomic(dir.path() / "config.json", c.config.dump(2) + "\n");
   if (!c.copy_files_from.empty())
     for (const char* f : kSideFiles)
       if (fs::exists(c.copy_files_from / f)) fs::copy_file(c.copy_files_from / f, dir.path() / f);
+  for (const auto& [name, text] : c.extra_files) write_file_atomic(dir.path() / name, text);
   dir.commit();
 }
 

@@ -2,6 +2,7 @@
 // and durably (AtomicDirectory: a temporary sibling, fsynced, renamed to the target at the end).
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -16,9 +17,13 @@ struct ModelDirContents {
   std::map<std::string, at::Tensor> tensors;  // by Hugging Face name
   std::filesystem::path copy_files_from;      // tokenizer / generation files are copied from here
   uint64_t max_shard_bytes = 5ull << 30;      // transformers' default 5 GB
+  std::map<std::string, std::string> extra_files;  // name → contents (quantize_config.json, reports)
+  bool overwrite = false;                     // replace a non-empty `out` (the old one is removed only
+                                              // once the new one is in place)
 };
 
-// Fails (UsageError) if `out` exists and is not empty, so nothing is ever overwritten.
+// Fails (UsageError) if `out` exists and is not empty, unless `overwrite`: nothing is overwritten by
+// accident.
 void write_model_dir(const std::filesystem::path& out, const ModelDirContents& contents);
 
 // Parses sizes like "5GB", "500MB", "2GiB", "1000" (bytes). Throws UsageError naming `option`.

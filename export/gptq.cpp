@@ -96,7 +96,7 @@ GptqLinear rtn_quantize(const at::Tensor& W, const GptqSettings& s) {
     zeros.push_back(zero);
   }
   if (in == 0) throw UsageError("rtn_quantize: weight has no input columns");
-  const at::Tensor g_idx = at::arange(in, Wf.options().dtype(at::kLong)) / g;
+  const at::Tensor g_idx = at::floor_divide(at::arange(in, Wf.options().dtype(at::kLong)), g);
   return assemble(at::cat(codes, 1), scales, zeros, g_idx, s.bits);
 }
 
@@ -245,11 +245,11 @@ GptqLinear gptq_quantize(const at::Tensor& W_in, const at::Tensor& H_in, const G
   } else if (s.static_groups) {
     scales = static_scale;
     zeros = static_zero;
-    g_idx = at::arange(in, lopt) / g;  // original-order groups: trivial even with desc_act
+    g_idx = at::floor_divide(at::arange(in, lopt), g);  // original-order groups: trivial even with desc_act
   } else if (s.desc_act) {
-    g_idx = invperm / g;  // column j was processed at position invperm[j], in permuted group invperm[j] / g
+    g_idx = at::floor_divide(invperm, g);  // column j was processed at position invperm[j], in permuted group invperm[j] / g
   } else {
-    g_idx = at::arange(in, lopt) / g;
+    g_idx = at::floor_divide(at::arange(in, lopt), g);
   }
   if (s.desc_act) codes = codes.index_select(1, invperm);
 

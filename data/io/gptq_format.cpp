@@ -150,7 +150,7 @@ GptqLinear unpack_gptq_v1(const TensorGetter& get, const std::string& source, co
                                     std::to_string(groups) + ")");
     }
   } else {
-    q.g_idx = (at::arange(in, at::kLong) / gptq_group_width(in, group_size)).to(at::kInt);
+    q.g_idx = (at::floor_divide(at::arange(in, at::kLong), gptq_group_width(in, group_size))).to(at::kInt);
   }
   return q;
 }

@@ -26,7 +26,7 @@ GptqLinear random_linear(int64_t out, int64_t in, int bits, int64_t group_size, 
   q.codes = at::randint(0, maxq + 1, {out, in}, gen, at::kLong).to(at::kByte);
   q.zeros = at::randint(1, maxq + 2, {groups, out}, gen, at::kLong).to(at::kInt);
   q.scales = at::rand({groups, out}, gen, at::kFloat) + 0.01;
-  at::Tensor g = at::arange(in, at::kLong) / gptq_group_width(in, group_size);
+  at::Tensor g = at::floor_divide(at::arange(in, at::kLong), gptq_group_width(in, group_size));
   if (shuffled) g = g.index_select(0, at::randperm(in, gen, at::kLong));
   q.g_idx = g.to(at::kInt);
   return q;
@@ -163,7 +163,7 @@ TEST(GptqFormat, MalformedTensorsNamed) {
   t = good;
   t.erase("l.g_idx");
   const GptqLinear r = unpack_gptq_v1(getter(t), "mem", "l", 16, 64, 4, 32);
-  EXPECT_TRUE(at::equal(r.g_idx, (at::arange(64, at::kInt) / 32).to(at::kInt)));
+  EXPECT_TRUE(at::equal(r.g_idx, (at::floor_divide(at::arange(64, at::kInt), 32)).to(at::kInt)));
 }
 
 TEST(GptqFormat, QuantizationConfigWrittenAndParsed) {

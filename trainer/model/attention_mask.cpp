@@ -40,6 +40,20 @@ at::Tensor build_attention_mask(const at::Tensor& segment_ids, int64_t batch, in
   return allowed.logical_and((kj > qi - *sliding_window).logical_or(diag).view({1, 1, seq, seq})).contiguous();
 }
 
+at::Tensor build_cached_attention_mask(int64_t cached, int64_t fresh, std::optional<int64_t> sliding_window,
+                                       at::Device device) {
+  TORCH_CHECK(cached >= 0 && fresh > 0, "build_cached_attention_mask: ", fresh, " new tokens after ", cached);
+  if (cached == 0) return build_attention_mask({}, 1, fresh, sliding_window, device);
+  const int64_t total = cached + fresh;
+  if (sliding_window && *sliding_window >= total) sliding_window.reset();
+  if (fresh == 1 && !sliding_window) return {};
+  const auto lopts = at::TensorOptions().dtype(at::kLong).device(device);
+  const at::Tensor qi = at::arange(cached, total, lopts).view({fresh, 1}), kj = at::arange(total, lopts).view({1, total});
+  at::Tensor allowed = kj <= qi;
+  if (sliding_window) allowed = allowed.logical_and(kj > qi - *sliding_window);
+  return allowed.view({1, 1, fresh, total}).contiguous();
+}
+
 at::Tensor segment_ids_from_padding(const at::Tensor& attention_mask) {
   TORCH_CHECK(attention_mask.dim() == 2, "attention_mask must be [batch, seq], found ", attention_mask.sizes());
   return at::where(attention_mask.to(at::kBool), 0, -1).to(at::kInt);

@@ -21,6 +21,15 @@ namespace qtrain {
 at::Tensor build_attention_mask(const at::Tensor& segment_ids, int64_t batch, int64_t seq,
                                 std::optional<int64_t> sliding_window, at::Device device);
 
+// Incremental decoding (LlamaModel::forward_cached): `fresh` new queries at positions cached .. cached+fresh-1
+// over every key 0 .. cached+fresh-1: key k is visible to query q when k <= q and, with a window,
+// k > q - window (the rule above, one document, no padding). [1, 1, fresh, cached+fresh] on `device`, or
+// undefined when nothing is hidden from any query: an empty cache with plain causal attention (then
+// build_attention_mask's is_causal path, the same kernel as forward()), or a single query whose window
+// covers every key.
+at::Tensor build_cached_attention_mask(int64_t cached, int64_t fresh, std::optional<int64_t> sliding_window,
+                                       at::Device device);
+
 // attention_mask [batch, seq] (1 = token, 0 = padding; transformers' convention) → segment ids
 // [batch, seq] int32 (0 = token, -1 = padding), on the mask's device.
 at::Tensor segment_ids_from_padding(const at::Tensor& attention_mask);

@@ -1,6 +1,7 @@
 #include "trainer/model/model.h"
 
 #include <string>
+#include <tuple>
 
 #include "data/error.h"
 #include "data/io/bnb_format.h"
@@ -132,7 +133,7 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) c
 }
 
 at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
-                                 const RopeTables& rope, const RunContext* ctx) const {
+                                 const RopeTables& rope, const RunContext* ctx, KvCache* cache, int64_t layer_index) const {
   const ModelConfig& c = config_;
   const int64_t b = x.size(0), t = x.size(1);
   // [batch, seq, heads*hd] → [batch, heads, seq, hd]
@@ -145,19 +146,25 @@ at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, con
   }
   q = apply_rope(q.transpose(1, 2), rope);
   k = apply_rope(k.transpose(1, 2), rope);
+  if (cache) std::tie(k, v) = cache->append(layer_index, k, v);  // [batch, kv_heads, cached+seq, hd]
   // No explicit mask means plain causal attention: is_causal lets SDPA pick its fastest kernel
-  // (flash on CUDA) and is what transformers does for unpadded batches.
+  // (flash on CUDA) and is what transformers does for unpadded batches. SDPA aligns is_causal to the
+  // top-left corner, right only when queries and keys are the same positions; a single query after
+  // cached keys needs no mask at all (it may see them all), as in transformers' decoding steps.
+  const bool is_causal = !mask.defined() && k.size(2) == t;
+  TORCH_CHECK(mask.defined() || is_causal || t == 1, "attention: ", t, " queries after ", k.size(2) - t,
+              " cached keys need an explicit mask");
   at::Tensor out = at::scaled_dot_product_attention(
-      q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, /*dropout_p=*/0.0, /*is_causal=*/!mask.defined(),
-                                                    /*scale=*/std::nullopt, /*enable_gqa=*/true);
+      q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, /*dropout_p=*/0.0, is_causal,
+      /*scale=*/std::nullopt, /*enable_gqa=*/true);
   // [batch, heads, seq, hd] → [batch, seq, heads*hd]
   out = out.transpose(1, 2).reshape({b, t, c.q_dim()});
   return l.o.forward(out, ctx);
 }
 
 at::Tensor LlamaModel::layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
-                                     const RopeTables& rope, const RunContext* ctx) const {
-  at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), mask, rope, ctx);
+                                     const RopeTables& rope, const RunContext* ctx, KvCache* cache, int64_t layer_index) const {
+  at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), mask, rope, ctx, cache, layer_index);
   at::Tensor x = rms_norm(out, l.post_attention_norm);
   return out + l.down.forward(at::silu(l.gate.forward(x, ctx)) * l.up.forward(x, ctx), ctx);
 }
@@ -211,6 +218,22 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
   const at::Tensor mask = build_attention_mask(seg, b, t, config_.sliding_window, device());
   at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), mask, rope, ctx);  // [batch, seq, hidden]
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
+}
+
+at::Tensor LlamaModel::forward_cached(const at::Tensor& ids, KvCache& cache, const RunContext* ctx) const {
+  check_ids(ids, config_.vocab_size);
+  TORCH_CHECK(cache.batch() == ids.size(0) && cache.num_layers() == num_layers(), "forward_cached: the cache holds ",
+              cache.batch(), " rows of ", cache.num_layers(), " layers; ids are ", ids.sizes(), " for ", num_layers(),
+              " layers");
+  const int64_t b = ids.size(0), t = ids.size(1), past = cache.length();
+  const at::Tensor pos =
+      at::arange(past, past + t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
+  const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
+  const at::Tensor mask = build_cached_attention_mask(past, t, config_.sliding_window, device());
+  at::Tensor h = at::embedding(embed_, host_to_device(ids, device()));  // [batch, new, hidden]
+  for (int64_t i = 0; i < num_layers(); ++i) h = layer_forward(layers_[i], h, mask, rope, ctx, &cache, i);
+  cache.advance(t);
+  return lm_head(rms_norm(h, final_norm_));  // [batch, new, vocab]
 }
 
 LlamaModel::LayerInputs LlamaModel::layer_inputs(int64_t batch, int64_t seq) const {

@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "data/io/hf_config.h"
+#include "trainer/model/kv_cache.h"
 #include "trainer/model/linear.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/rope.h"
@@ -71,6 +72,13 @@ class LlamaModel {
   at::Tensor forward(const at::Tensor& ids, const at::Tensor& attention_mask = {},
                      const at::Tensor& positions = {}, const RunContext* ctx = nullptr) const;
 
+  // Incremental decoding: ids [batch, new] int64 continue the sequences whose keys and values `cache`
+  // holds (positions cache.length() .. cache.length()+new-1); the new queries attend to every cached
+  // key and causally within the block, inside the sliding window if the model has one. Appends the
+  // block to the cache and returns its logits [batch, new, vocab]: what forward() gives for those
+  // positions of the whole sequence (tests/trainer/model/kv_cache_test.cpp), from any split into blocks.
+  at::Tensor forward_cached(const at::Tensor& ids, KvCache& cache, const RunContext* ctx = nullptr) const;
+
   // Packed rows: segment_ids [batch, seq] (document index per token, -1 = padding) keep attention
   // inside each document (attention_mask.h); positions restart per document. Returns the final hidden states
   // [batch, seq, hidden] (the LM head is applied by the caller, so the loss can chunk it).
@@ -97,10 +105,16 @@ class LlamaModel {
   at::Tensor final_norm(const at::Tensor& h) const { return rms_norm(h, final_norm_); }
 
  private:
-  at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
-                       const RopeTables& rope, const RunContext* ctx) const;
-  at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
-                           const RopeTables& rope, const RunContext* ctx) const;
+  // The one attention of the model, for training, layer-by-layer runs and cached decoding alike.
+  // x [batch, new, hidden]; rope: the tables of the new tokens' positions. Without a cache, mask is
+  // [batch|1, 1, new, new] or undefined for plain causal. With `cache`, the block's keys and values are
+  // appended to layer `layer_index` of it first and the queries attend to all of its keys: mask is then
+  // [batch|1, 1, new, cached+new], or undefined when the cache was empty (plain causal) or for a single
+  // query that may see every key.
+  at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask, const RopeTables& rope,
+                       const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
+  at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask, const RopeTables& rope,
+                           const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
   at::Tensor run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
 

@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace qtrain {
+struct Recipe;
+}
+
 namespace qtrain::cli {
 
 // args = argv[1..]. Never throws: prints the error to stderr and returns the exit code.
@@ -21,5 +25,8 @@ int run_data(const std::vector<std::string>& args);
 int run_export(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);
+
+// The recipe's export section, run when training has finished (cli_export.cpp).
+void export_after_training(const Recipe& r);
 
 }  // namespace qtrain::cli

@@ -38,7 +38,8 @@ int run_train(const std::vector<std::string>& args) {
   TrainOptions o;
   o.dry_run = vm->count("dry-run") > 0;
   if (vm->count("resume")) o.resume = resume.empty() ? r.output_dir : std::filesystem::path(resume);
-  train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
+  const TrainResult res = train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
+  if (!o.dry_run && !res.interrupted && r.export_.format != ExportFormat::kNone) export_after_training(r);
   return 0;
 }
 

@@ -30,7 +30,8 @@ namespace qtrain {
 
 // The text of a corpus file as HF `datasets` would feed it to the tokenizer in the GPTQ protocol: the
 // file is read with universal newlines (CRLF and lone CR become LF, as Python's text mode does), split
-// into lines that keep their "\n", whitespace-only lines become "" (the wikitext loader's rows), and the
+// into lines that keep their "\n", whitespace-only lines (ASCII spaces and tabs; Python's strip() would also
+// take Unicode spaces) become "" (the wikitext loader's rows), and the
 // rows are joined with "\n\n". For the original wiki.test.raw this is exactly
 // "\n\n".join(load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]).
 // Throws InputError naming the file when it cannot be read or is empty.

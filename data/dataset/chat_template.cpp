@@ -86,6 +86,18 @@ ChatTemplate resolve_chat_template(ChatTemplateName requested, const std::filesy
   return {ChatTemplateName::kPlain, "", "no chat_template in " + cfg_path.string() + ": plain template"};
 }
 
+std::string generation_prompt(const ChatTemplate& t) {
+  switch (t.name) {
+    case ChatTemplateName::kLlama3: return "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    case ChatTemplateName::kChatml: return "<|im_start|>assistant\n";
+    case ChatTemplateName::kLlama2:
+    case ChatTemplateName::kMistral:
+    case ChatTemplateName::kPlain: return "";
+    case ChatTemplateName::kAuto: break;
+  }
+  throw std::logic_error("generation_prompt: template 'auto' was not resolved (call resolve_chat_template)");
+}
+
 Chunk render_chat(const ChatTemplate& t, const Conversation& c, const SpecialText& sp, TrainOn train_on,
                   const std::string& where) {
   if (c.turns.empty()) throw InputError(where + ": conversation has no messages");

@@ -51,6 +51,12 @@ ChatTemplate resolve_chat_template(ChatTemplateName requested, const std::filesy
 Chunk render_chat(const ChatTemplate& t, const Conversation& c, const SpecialText& special, TrainOn train_on,
                   const std::string& where);
 
+// What transformers' apply_chat_template(add_generation_prompt=True) appends after a conversation so
+// the model answers as the assistant (qtrain generate): the assistant header for llama-3 and chatml;
+// nothing for llama-2, mistral and plain, whose templates ignore the flag (a user turn already ends
+// with the cue: " [/INST]", "\n").
+std::string generation_prompt(const ChatTemplate& t);
+
 std::string_view role_name(Role r);
 
 }  // namespace qtrain

@@ -4,7 +4,6 @@
 #include <ATen/ATen.h>
 
 #include <iostream>
-#include <sstream>
 
 #include "data/error.h"
 #include "data/io/safetensors.h"
@@ -14,29 +13,6 @@
 #include "trainer/model/lora.h"
 
 namespace qtrain::cli {
-namespace {
-
-std::vector<int64_t> parse_ids(const std::string& s) {
-  std::vector<int64_t> ids;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    std::size_t used = 0;
-    int64_t v = 0;
-    try {
-      v = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != item.size())
-      throw UsageError("--ids '" + s + "': '" + item + "' is not an integer token id (expected e.g. 1,403,407)");
-    ids.push_back(v);
-  }
-  if (ids.empty()) throw UsageError("--ids is empty (expected comma-separated token ids, e.g. 1,403,407)");
-  return ids;
-}
-
-}  // namespace
 
 int run_forward(const std::vector<std::string>& args) {
   VerbSpec spec;
@@ -59,7 +35,7 @@ int run_forward(const std::vector<std::string>& args) {
   std::vector<std::vector<int64_t>> seqs;
   int64_t seq = 0;
   for (const auto& s : id_lists) {
-    seqs.push_back(parse_ids(s));
+    seqs.push_back(parse_id_list(s, "ids"));
     seq = std::max<int64_t>(seq, seqs.back().size());
   }
   LoadOptions opts;

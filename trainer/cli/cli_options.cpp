@@ -1,6 +1,7 @@
 #include "trainer/cli/cli_options.h"
 
 #include <iostream>
+#include <sstream>
 
 #include "data/error.h"
 #include "ops/dtype_names.h"
@@ -35,6 +36,26 @@ at::ScalarType parse_dtype_option(const std::string& s, const std::string& optio
   if (const auto t = ops::parse_dtype_or_alias(s)) return *t;
   throw UsageError("--" + option + " '" + s + "' is not a dtype (expected " + std::string(ops::kDtypeNameList) +
                    ", or fp32, bf16, fp16)");
+}
+
+std::vector<int64_t> parse_id_list(const std::string& s, const std::string& option) {
+  std::vector<int64_t> ids;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    std::size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size())
+      throw UsageError("--" + option + " '" + s + "': '" + item + "' is not an integer token id (expected e.g. 1,403,407)");
+    ids.push_back(v);
+  }
+  if (ids.empty()) throw UsageError("--" + option + " is empty (expected comma-separated token ids, e.g. 1,403,407)");
+  return ids;
 }
 
 at::Device parse_device_option(const std::string& s, const std::string& option) {

@@ -25,6 +25,8 @@ struct VerbSpec {
 std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args, VerbSpec& spec);
 
 at::ScalarType parse_dtype_option(const std::string& s, const std::string& option);  // ops/dtype_names.h, aliases too
+// "1,403,407" → {1, 403, 407}; UsageError naming --option for an empty list or an item that is not an integer.
+std::vector<int64_t> parse_id_list(const std::string& s, const std::string& option);
 at::Device parse_device_option(const std::string& s, const std::string& option);     // cpu|cuda|cuda:N
 
 }  // namespace qtrain::cli

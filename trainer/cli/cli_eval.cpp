@@ -118,7 +118,8 @@ int run_eval(const std::vector<std::string>& args) {
   if (seq_len == 0) {
     seq_len = std::min(kPaperSeqLen, max_pos);
     if (seq_len != kPaperSeqLen)
-      std::cerr << "eval: --seq-len " << seq_len << " (the model's max_position_embeddings; the papers use 2048)\n";
+      std::cerr << "eval: --seq-len " << seq_len << " (the model's max_position_embeddings"
+                << (text ? "; the papers' protocol uses 2048" : "") << ")\n";
   } else if (seq_len > max_pos) {
     throw UsageError("--seq-len " + std::to_string(seq_len) + " is longer than the model's max_position_embeddings (" +
                      std::to_string(max_pos) + ", " + model_dir + "/config.json)");

@@ -174,7 +174,9 @@ GptqLinear gptq_quantize(const at::Tensor& W_in, const at::Tensor& H_in, const G
   }
 
   // Damping relative to mean(diag H); on a Cholesky failure raise it (GPTQModel's auto-increment) while < 1.
-  const at::Tensor mean_diag = H.diagonal().mean();
+  // mean over a contiguous copy, as torch.mean(torch.diag(H)) in the references: a strided diagonal view
+  // sums in another order and moves the damping by an ulp, which the whole result then inherits.
+  const at::Tensor mean_diag = at::diag(H).mean();
   double damp = s.damp_percent;
   int retries = 0;
   at::Tensor Hinv;  // [in, in] upper Cholesky factor of the damped H⁻¹

@@ -14,6 +14,10 @@ namespace qtrain {
 
 // The per-row min/max grid of one group slice x [out, g] (formats.md §5.4): scale [out] fp32 and zero
 // [out] fp32 (an integer value). Zero always representable; an all-zero row gets xmin=-1, xmax=+1.
+// Bit-identical to the references (tests/oracle/test_gptq_oracle.py), quirks included: a symmetric row
+// slice that never goes below 0 keeps xmin = 0, so its upper half clamps at (maxq-1)/2 steps. One
+// deliberate deviation: an asymmetric zero that rounds to 0 (not storable in v1, which writes zero-1)
+// becomes 1 with scale xmax/(maxq-1), a grid that still covers the slice.
 std::pair<at::Tensor, at::Tensor> gptq_grid(const at::Tensor& x, int bits, bool sym);
 // clamp(round(x/scale) + zero, 0, 2^bits-1) with torch.round (half to even); x [out, c], scale/zero [out].
 at::Tensor gptq_codes(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& zero, int bits);

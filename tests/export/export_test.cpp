@@ -269,6 +269,32 @@ TEST(ExportCli, GptqBeatsRtnInTheReportOnTheRealModel) {
   EXPECT_TRUE(fs::exists(out / "quantize_config.json"));
 }
 
+// Every directory qtrain writes reads back in qtrain eval and qtrain generate: merged (bf16), GPTQ
+// (4 and 8 bits, act-order), and the bnb-4bit checkpoint of qtrain quantize.
+TEST(ExportCli, EvalAndGenerateReadEveryDirectoryQtrainWrites) {
+  if (!fs::exists(shared_text())) GTEST_SKIP() << "shared test data not found at " << shared_text();
+  test_tools::ScratchDir dir("export-roundtrip");
+  const std::string model = " --model " + shared_model().string();
+  const std::string calib = " --calib " + (fs::path(QTRAIN_SHARED_DATA) / "corpus/wiki_demo.txt").string() +
+                            " --calib-samples 4 --calib-len 64 --no-report --group-size 32";
+  const std::vector<std::pair<std::string, std::string>> exports = {
+      {"merged", "export" + model + " --format merged"},
+      {"gptq4", "export" + model + " --format gptq" + calib},
+      {"gptq8-act-order", "export" + model + " --format gptq --bits 8 --desc-act" + calib},
+      {"bnb4", "quantize " + shared_model().string()},
+  };
+  for (const auto& [name, args] : exports) {
+    const fs::path out = dir.path / name;
+    auto r = run_qtrain(args + " --out " + out.string());
+    ASSERT_EQ(r.code, 0) << args << "\n" << r.output;
+    r = run_qtrain("eval --model " + out.string() + " --data " + shared_text().string() + " --seq-len 64 --max-windows 2");
+    EXPECT_EQ(r.code, 0) << name << "\n" << r.output;
+    EXPECT_NE(r.output.find("\"ppl\""), std::string::npos) << name << "\n" << r.output;
+    r = run_qtrain("generate " + out.string() + " --ids 1 --max-new-tokens 8 --greedy");
+    EXPECT_EQ(r.code, 0) << name << "\n" << r.output;
+  }
+}
+
 TEST(ExportCli, BadInvocationsAreUsageErrorsAndTouchNothing) {
   if (!fs::exists(shared_model() / "config.json")) GTEST_SKIP() << "shared test data not found at " << shared_model();
   test_tools::ScratchDir dir("export-cli");

@@ -16,6 +16,8 @@
 
 #include "data/error.h"
 #include "export/generate.h"
+#include "tests/cli_run.h"
+#include "tests/scratch_dir.h"
 
 namespace qtrain {
 namespace {
@@ -157,14 +159,8 @@ TEST(Sampling, ValidateNamesTheSetting) {
 
 // ---------------------------------------------------------------- generation_config.json
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("qtrain-generate-" + std::to_string(fresh_seed()));
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-};
-
 TEST(GenerationConfig, ReadsEosListAndSamplingDefaults) {
-  TempDir d;
+  test_tools::ScratchDir d("generate");
   ModelConfig c;
   c.eos_token_ids = {2};
   EXPECT_EQ(default_generate_config(d.path, c).eos_ids, std::vector<int64_t>{2});  // no file: config.json's
@@ -222,20 +218,8 @@ struct Cli {
 };
 
 Cli run_generate(const std::string& args) {
-  TempDir d;
-  const fs::path err = d.path / "stderr";
-  const std::string cmd = std::string(QTRAIN_BINARY) + " generate " + args + " 2>" + err.string();
-  Cli r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = ::pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  std::ifstream e(err);
-  r.err.assign(std::istreambuf_iterator<char>(e), {});
-  return r;
+  const test_tools::CliRun r = test_tools::run_qtrain("generate " + args, /*split_stderr=*/true);
+  return {r.code, r.output, r.err};
 }
 
 std::string new_ids(const Cli& r) {

@@ -15,6 +15,7 @@
 
 #include "data/error.h"
 #include "export/perplexity.h"
+#include "tests/cli_run.h"
 #include "tests/scratch_dir.h"
 
 namespace qtrain {
@@ -240,22 +241,8 @@ TEST(WindowNll, BadInputRefused) {
 
 // --- qtrain eval on bad input -------------------------------------------------------------------
 
-struct CliRun {
-  int code;
-  std::string output;  // stdout + stderr
-};
-
-CliRun qtrain(const std::string& args) {
-  const std::string cmd = std::string(QTRAIN_BINARY) + " " + args + " 2>&1";
-  CliRun r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  std::size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+using test_tools::CliRun;
+CliRun qtrain(const std::string& args) { return test_tools::run_qtrain(args); }
 
 class EvalCli : public ::testing::Test {
  protected:

@@ -15,26 +15,14 @@
 #include "data/io/safetensors.h"
 #include "trainer/model/model.h"
 
+#include "tests/cli_run.h"
+
 namespace qtrain {
 namespace {
 namespace fs = std::filesystem;
 
-struct Result {
-  int code;
-  std::string output;  // stdout + stderr
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(QTRAIN_BINARY) + " " + args + " 2>&1";
-  Result r{-1, ""};
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  std::size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
+using Result = test_tools::CliRun;
+Result run(const std::string& args) { return test_tools::run_qtrain(args); }
 
 nlohmann::json tiny_config() {
   return {{"model_type", "llama"}, {"vocab_size", 32}, {"hidden_size", 16}, {"intermediate_size", 24},

@@ -143,6 +143,32 @@ GptqSettings parse_gptq(const Reader& qr) {
   return g;
 }
 
+// quantization_config of an AWQ checkpoint (formats.md §6.6; AutoAWQ's w_bit / q_group_size spellings
+// too, as vLLM accepts them). Only the GEMM packing with zero points is read: GEMV packs along the input
+// dimension, and GEMM checkpoints always carry qzeros.
+AwqSettings parse_awq(const Reader& qr) {
+  AwqSettings a;
+  const std::string bits_key = qr.has("bits") ? "bits" : "w_bit";
+  a.bits = static_cast<int>(qr.integer(bits_key));
+  if (a.bits != 4) qr.fail(bits_key, "only 4-bit AWQ checkpoints are supported, found " + std::to_string(a.bits));
+  const std::string group_key = qr.has("group_size") ? "group_size" : "q_group_size";
+  a.group_size = qr.integer(group_key);
+  if (a.group_size != -1 && a.group_size <= 0)
+    qr.fail(group_key, "expected -1 or a positive integer, found " + std::to_string(a.group_size));
+  a.zero_point = qr.boolean_or("zero_point", true);
+  if (!a.zero_point)
+    qr.fail("zero_point", "only AWQ checkpoints with zero points (zero_point true) can be loaded; GEMM stores qzeros");
+  const std::string version = qr.string_or("version", "gemm");
+  if (version != "gemm" && version != "GEMM")
+    qr.fail("version", "only the AWQ GEMM packing (\"gemm\") can be loaded, found '" + version + "'");
+  if (qr.has("modules_to_not_convert")) {
+    const json& m = qr.at("modules_to_not_convert");
+    if (!m.is_array()) qr.fail("modules_to_not_convert", "expected null or a list, found " + m.dump());
+    // Modules kept in full precision load as plain weights (their tensors say so); nothing to record.
+  }
+  return a;
+}
+
 }  // namespace
 
 std::string_view family_name(ModelFamily f) {
@@ -243,9 +269,13 @@ ModelConfig parse_model_config_text(const std::string& text, const std::string& 
       c.gptq = parse_gptq(qr);
       return c;
     }
+    if (method == "awq") {
+      c.awq = parse_awq(qr);
+      return c;
+    }
     const bool four_bit = qr.boolean_or("load_in_4bit", qr.boolean_or("_load_in_4bit", false));
     if (method != "bitsandbytes" || !four_bit)
-      r.fail(key + ".quant_method", "only bitsandbytes 4-bit and GPTQ checkpoints can be loaded (found quant_method '" +
+      r.fail(key + ".quant_method", "only bitsandbytes 4-bit, GPTQ and AWQ checkpoints can be loaded (found quant_method '" +
                                         method + "', load_in_4bit " + (four_bit ? "true" : "false") +
                                         "); start from the full-precision model instead");
     Bnb4bitConfig b;

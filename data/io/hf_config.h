@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "data/io/awq_settings.h"
 #include "data/io/gptq_settings.h"
 
 namespace qtrain {
@@ -66,6 +67,10 @@ struct ModelConfig {
   // Set when the checkpoint is GPTQ v1 (quant_method gptq, checkpoint_format gptq): its decoder-layer
   // linears are stored packed (gptq_format.h) and load dequantized (or re-quantized to NF4).
   std::optional<GptqSettings> gptq;
+  // Set when the checkpoint is AWQ GEMM (quant_method awq, version gemm): its decoder-layer linears are
+  // stored packed (awq_format.h) and load dequantized (or re-quantized to NF4). Only the storage fields
+  // (bits, group_size, zero_point) are read; the search settings keep their defaults.
+  std::optional<AwqSettings> awq;
 
   int64_t q_dim() const { return num_attention_heads * head_dim; }
   int64_t kv_dim() const { return num_key_value_heads * head_dim; }

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "data/error.h"
+#include "data/io/awq_format.h"
 #include "data/io/bnb_format.h"
 #include "data/io/gptq_format.h"
 #include "data/io/hf_config.h"
@@ -28,8 +29,9 @@ fs::path file_of(const safetensors::Checkpoint& ckpt, const std::string& name) {
 
 class CheckpointWeights final : public WeightSource {
  public:
-  CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts, std::optional<GptqSettings> gptq)
-      : ckpt_(ckpt), opts_(opts), gptq_(gptq) {}
+  CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts, std::optional<GptqSettings> gptq,
+                    std::optional<AwqSettings> awq)
+      : ckpt_(ckpt), opts_(opts), gptq_(gptq), awq_(awq) {}
 
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) const override {
     check(name, shape);
@@ -46,15 +48,9 @@ class CheckpointWeights final : public WeightSource {
         throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
                          " but config.json implies " + shape_str({out, in}));
     } else if (is_gptq_linear(ckpt_, prefix)) {
-      // GPTQ v1: dequantized in fp32 on the load device, then dense in the load dtype or NF4 when asked.
-      const GptqSettings& g = gptq_settings(prefix);
-      GptqLinear q = unpack_gptq_v1(ckpt_, prefix, out, in, g.bits, g.group_size);
-      q.codes = q.codes.to(opts_.device);
-      q.scales = q.scales.to(opts_.device);
-      q.zeros = q.zeros.to(opts_.device);
-      q.g_idx = q.g_idx.to(opts_.device);
-      if (opts_.quantize) l.qweight = ops::quantize_4bit(q.dequantize(at::kFloat), *opts_.quantize);
-      else l.weight = q.dequantize(opts_.dtype);
+      // GPTQ v1 or AWQ GEMM (both store P.qweight; config.json says which): dequantized in fp32 on the
+      // load device, then dense in the load dtype or NF4 when asked.
+      load_packed(l, packed_linear(prefix, out, in));
     } else if (opts_.quantize) {
       check(w, {out, in});
       l.qweight = quantize(w);
@@ -77,13 +73,28 @@ class CheckpointWeights final : public WeightSource {
                        " but config.json implies " + shape_str(shape));
   }
 
-  // bits and group_size of a GPTQ checkpoint: as given, else from the checkpoint's own config.json (read once).
-  const GptqSettings& gptq_settings(const std::string& prefix) const {
-    if (!gptq_) gptq_ = parse_model_config(ckpt_.dir() / "config.json").gptq;
-    if (!gptq_)
-      throw InputError(ckpt_.dir().string() + ": tensor '" + prefix + ".qweight' is a GPTQ weight but config.json " +
-                       "has no quantization_config with quant_method \"gptq\" (its bits and group_size are needed)");
-    return *gptq_;
+  // The integer form of a packed linear, by the checkpoint's quantization_config: the settings given,
+  // else the checkpoint's own config.json (read once).
+  GptqLinear packed_linear(const std::string& prefix, int64_t out, int64_t in) const {
+    if (!gptq_ && !awq_) {
+      const ModelConfig c = parse_model_config(ckpt_.dir() / "config.json");
+      gptq_ = c.gptq;
+      awq_ = c.awq;
+    }
+    if (awq_) return unpack_awq_gemm(ckpt_, prefix, out, in, awq_->bits, awq_->group_size);
+    if (gptq_) return unpack_gptq_v1(ckpt_, prefix, out, in, gptq_->bits, gptq_->group_size);
+    throw InputError(ckpt_.dir().string() + ": tensor '" + prefix + ".qweight' is a packed weight but config.json " +
+                     "has no quantization_config with quant_method \"gptq\" or \"awq\" (its bits and group_size are needed)");
+  }
+
+  // Dequantizes `q` on the load device into `l`: dense in the load dtype, or NF4 when asked.
+  void load_packed(Linear& l, GptqLinear q) const {
+    q.codes = q.codes.to(opts_.device);
+    q.scales = q.scales.to(opts_.device);
+    q.zeros = q.zeros.to(opts_.device);
+    q.g_idx = q.g_idx.to(opts_.device);
+    if (opts_.quantize) l.qweight = ops::quantize_4bit(q.dequantize(at::kFloat), *opts_.quantize);
+    else l.weight = q.dequantize(opts_.dtype);
   }
 
   // One full-precision tensor at a time: read from the mmap, quantized on the target device.
@@ -107,13 +118,14 @@ class CheckpointWeights final : public WeightSource {
   const safetensors::Checkpoint& ckpt_;
   const LoadOptions& opts_;
   mutable std::optional<GptqSettings> gptq_;
+  mutable std::optional<AwqSettings> awq_;
 };
 
 }  // namespace
 
 std::unique_ptr<WeightSource> checkpoint_weights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts,
-                                                 std::optional<GptqSettings> gptq) {
-  return std::make_unique<CheckpointWeights>(ckpt, opts, gptq);
+                                                 std::optional<GptqSettings> gptq, std::optional<AwqSettings> awq) {
+  return std::make_unique<CheckpointWeights>(ckpt, opts, gptq, awq);
 }
 
 }  // namespace qtrain

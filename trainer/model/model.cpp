@@ -165,8 +165,11 @@ at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, con
 at::Tensor LlamaModel::layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
                                      const RopeTables& rope, const RunContext* ctx, KvCache* cache, int64_t layer_index) const {
   at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), mask, rope, ctx, cache, layer_index);
-  at::Tensor x = rms_norm(out, l.post_attention_norm);
-  return out + l.down.forward(at::silu(l.gate.forward(x, ctx)) * l.up.forward(x, ctx), ctx);
+  return out + mlp(l, rms_norm(out, l.post_attention_norm), ctx);
+}
+
+at::Tensor LlamaModel::mlp(const DecoderLayer& l, const at::Tensor& x, const RunContext* ctx) const {
+  return l.down.forward(at::silu(l.gate.forward(x, ctx)) * l.up.forward(x, ctx), ctx);
 }
 
 at::Tensor LlamaModel::run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const {

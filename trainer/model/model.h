@@ -103,6 +103,16 @@ class LlamaModel {
     return layer_forward(layers_.at(i), h, in.mask, in.rope, ctx);
   }
   at::Tensor final_norm(const at::Tensor& h) const { return rms_norm(h, final_norm_); }
+  // The two halves of run_layer, each alone on its normed input (AWQ's scale search inspects the
+  // attention for q/k/v and the MLP for gate/up): attention_block(i, x) = o(attention(q(x), k(x), v(x)))
+  // and mlp_block(i, x) = down(silu(gate(x))·up(x)), x [batch, seq, hidden]. run_layer(i, h) is
+  // h' = h + attention_block(i, norm1(h)), then h' + mlp_block(i, norm2(h')).
+  at::Tensor attention_block(int64_t i, const at::Tensor& x_normed, const LayerInputs& in, const RunContext* ctx = nullptr) const {
+    return attention(layers_.at(i), x_normed, in.mask, in.rope, ctx);
+  }
+  at::Tensor mlp_block(int64_t i, const at::Tensor& x_normed, const RunContext* ctx = nullptr) const {
+    return mlp(layers_.at(i), x_normed, ctx);
+  }
 
  private:
   // The one attention of the model, for training, layer-by-layer runs and cached decoding alike.
@@ -113,6 +123,7 @@ class LlamaModel {
   // query that may see every key.
   at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask, const RopeTables& rope,
                        const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
+  at::Tensor mlp(const DecoderLayer& l, const at::Tensor& x, const RunContext* ctx) const;  // SwiGLU
   at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask, const RopeTables& rope,
                            const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
   at::Tensor run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const;

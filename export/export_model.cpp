@@ -99,7 +99,7 @@ class Exporter {
       report_.calib_tokens = calib.tokens();
       say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) + " calibration sequences (" +
           std::to_string(report_.calib_tokens) + " tokens) from " + calib.source);
-      t = Clock::now();
+      warn_unservable_groups(model);
       QuantizedModel q = quantize_model(model, calib, gptq_settings(e), QuantMethod::kGptq, progress_);
       phase("calibration passes", q.calibrate_seconds);
       phase("GPTQ", q.quantize_seconds);
@@ -154,6 +154,20 @@ class Exporter {
       j["base"] = std::string(job_.base_quant->type == ops::QuantType::kNF4 ? "nf4" : "fp4") + ", blocksize " +
                   std::to_string(job_.base_quant->blocksize) + (job_.base_quant->double_quant ? ", double quant" : "");
     return j;
+  }
+
+  // vLLM's GPTQ kernels need every quantized linear's input to be a multiple of the group size; the
+  // checkpoint is still valid (transformers' and qtrain's readers take a partial last group), so warn.
+  void warn_unservable_groups(LlamaModel& model) const {
+    const int64_t g = job_.settings.group_size;
+    if (g <= 0) return;
+    std::string bad;
+    model.for_each_linear([&](const std::string& name, const Linear& l) {
+      if (l.shape()[1] % g != 0 && bad.empty()) bad = name + " (in " + std::to_string(l.shape()[1]) + ")";
+    });
+    if (!bad.empty())
+      say("warning: group size " + std::to_string(g) + " does not divide the input of " + bad +
+          ": vLLM's GPTQ kernels will refuse this checkpoint (choose a group size that divides every layer's input)");
   }
 
   void say(const std::string& s) const {

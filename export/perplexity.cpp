@@ -153,7 +153,8 @@ NllResult window_nll(const LlamaModel& model, const TextWindows& w, int64_t batc
   res.tokens = tokens;
   res.nll = nll_sum.item<double>() / static_cast<double>(tokens);
   res.ppl = std::exp(res.nll);
-  if (reference) res.kl = kl_sum.item<double>() / static_cast<double>(tokens);
+  // KL ≥ 0; a model identical to its reference sums float32 rounding of either sign to about ±1e-9.
+  if (reference) res.kl = std::max(0.0, kl_sum.item<double>() / static_cast<double>(tokens));
   return res;
 }
 

@@ -40,6 +40,25 @@ const char* linear_name(const DecoderLayer& l, const Linear* p) {
   return "mlp.down_proj";
 }
 
+// Calibration sequences run as batches of equal length (no padding, so attention is exactly each
+// sequence's own), at most `max_tokens` tokens each: one batch of windows instead of one layer call per
+// sequence. Indices into calib, in order of first appearance of each length.
+constexpr int64_t kMaxBatchTokens = 16384;
+std::vector<std::vector<size_t>> equal_length_batches(const CalibrationSet& calib, int64_t max_tokens) {
+  std::vector<std::vector<size_t>> batches;
+  std::map<int64_t, size_t> open;  // length → its batch being filled
+  for (size_t s = 0; s < calib.ids.size(); ++s) {
+    const int64_t len = calib.ids[s].size(1);
+    auto it = open.find(len);
+    if (it == open.end() || static_cast<int64_t>(batches[it->second].size() + 1) * len > max_tokens) {
+      batches.emplace_back();
+      it = open.insert_or_assign(len, batches.size() - 1).first;
+    }
+    batches[it->second].push_back(s);
+  }
+  return batches;
+}
+
 }  // namespace
 
 QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, const GptqSettings& settings,
@@ -49,11 +68,16 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
     throw UsageError("GPTQ needs calibration data (the run's training data or --calib FILE)");
   QuantizedModel out;
   const at::Device dev = model.device();
-  // The calibration activations entering the current layer: [1, len, hidden] per sequence, model dtype.
-  std::vector<at::Tensor> hs;
-  for (const auto& ids : calib.ids) hs.push_back(model.embed(ids));
-  std::vector<at::Tensor> counted;  // positions that enter the statistics, on the device
-  for (const auto& c : calib.counts) counted.push_back(c.to(dev));
+  // The calibration activations entering the current layer, in batches of equal-length sequences:
+  // hs[c] [batch, len, hidden] in the model dtype, counted[c] [batch·len] bool (the positions that enter
+  // the statistics), on the device.
+  std::vector<at::Tensor> hs, counted;
+  for (const auto& batch : equal_length_batches(calib, kMaxBatchTokens)) {
+    std::vector<at::Tensor> ids, counts;
+    for (size_t s : batch) ids.push_back(calib.ids[s]), counts.push_back(calib.counts[s]);
+    hs.push_back(model.embed(at::cat(ids)));
+    counted.push_back(at::cat(counts).to(dev));
+  }
 
   for (int64_t i = 0; i < model.num_layers(); ++i) {
     DecoderLayer& layer = model.layer(i);
@@ -78,7 +102,7 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
           auto it = hessians.find(&l);
           if (it != hessians.end()) it->second.add(x.reshape({-1, x.size(-1)}).index({counted[s]}));  // [counted, in]
         };
-        model.run_layer(i, hs[s], model.layer_inputs(1, hs[s].size(1)), &ctx);
+        model.run_layer(i, hs[s], model.layer_inputs(hs[s].size(0), hs[s].size(1)), &ctx);
       }
       out.calibrate_seconds += seconds_since(t0);
     };
@@ -128,7 +152,7 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
     // The next layer's inputs: this layer's outputs with every linear quantized.
     if (!calib.ids.empty()) {
       const auto t0 = Clock::now();
-      for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(1, h.size(1)));
+      for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(h.size(0), h.size(1)));
       out.calibrate_seconds += seconds_since(t0);
     }
     if (progress) progress("layer " + std::to_string(i + 1) + "/" + std::to_string(model.num_layers()) + " quantized");

@@ -8,6 +8,9 @@ scripts/requirements.txt), and against transcriptions of llama.cpp's reference q
     of ggml-quants.c's quantize_row_q4_K_ref / q5_K_ref / q6_K_ref written here (the limitation: that
     transcription, like the C++, was written by us from the same C source; no llama.cpp binary or
     llama-cpp-python runs here, so no llama.cpp runtime has read these files).
+(c) Semantics. A float64 numpy Llama that reads the f16 file with llama.cpp's conventions (GGUF names,
+    RoPE type NORM on adjacent pairs, tied output) gives transformers' logits of the same weights; with
+    NEOX rope (the wrong convention for permuted weights) it does not.
 (b) Files. qtrain writes the shared tiny Llama (dims 64/192: not multiples of 256, so Q4_K_M falls back to
     Q5_0/Q8_0 there, as llama-quantize does) and a random Llama with 256-multiple dims in f16, q8_0 and
     q4_k_m; gguf.GGUFReader reads every file: metadata equals what convert_hf_to_gguf.py would write
@@ -628,3 +631,87 @@ def test_k_quant_mix_on_256_multiple_model(tmp_path, tiny, tied):
     if not tied:
         assert kinds["output.weight"] == "Q6_K"
     assert field_value(gguf.GGUFReader(out), "tokenizer.chat_template").startswith("{% for m in messages %}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# (c) semantics: what llama.cpp computes from the file
+
+def llama_cpp_forward(reader, ids, neox_rope=False):
+    """A float64 numpy Llama that reads a GGUF file the way llama.cpp's llama graph uses it: tensors by
+    their GGUF names, RoPE of type NORM (rotating adjacent pairs (2i, 2i+1) of each head, the layout
+    convert's Q/K permutation produces), tied output = token_embd when there is no output.weight.
+    neox_rope=True rotates (i, i + head_dim/2) instead: the negative control."""
+    f = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("tokenizer.")}
+    n_layer, n_head, n_kv = f["llama.block_count"], f["llama.attention.head_count"], f["llama.attention.head_count_kv"]
+    eps, base = f["llama.attention.layer_norm_rms_epsilon"], f["llama.rope.freq_base"]
+    W = {t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(list(reversed(t.shape.tolist()))).astype(np.float64)
+         for t in reader.tensors}
+    hd = f["llama.rope.dimension_count"]
+    T = len(ids)
+    pos = np.arange(T)[:, None]
+    inv = base ** (-np.arange(0, hd, 2) / hd)
+    ang = pos * inv[None, :]  # [T, hd/2]
+    cos, sin = np.cos(ang), np.sin(ang)
+
+    def rope(x):  # x [T, heads, hd]
+        y = x.copy()
+        if neox_rope:
+            a, b = x[..., : hd // 2], x[..., hd // 2:]
+            y[..., : hd // 2] = a * cos[:, None] - b * sin[:, None]
+            y[..., hd // 2:] = a * sin[:, None] + b * cos[:, None]
+        else:
+            a, b = x[..., 0::2], x[..., 1::2]
+            y[..., 0::2] = a * cos[:, None] - b * sin[:, None]
+            y[..., 1::2] = a * sin[:, None] + b * cos[:, None]
+        return y
+
+    def norm(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    h = W["token_embd.weight"][ids]
+    mask = np.triu(np.full((T, T), -np.inf), 1)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        x = norm(h, W[p + "attn_norm.weight"])
+        q = rope((x @ W[p + "attn_q.weight"].T).reshape(T, n_head, hd))
+        k = rope((x @ W[p + "attn_k.weight"].T).reshape(T, n_kv, hd))
+        v = (x @ W[p + "attn_v.weight"].T).reshape(T, n_kv, hd)
+        k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)
+        s = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd) + mask
+        s = np.exp(s - s.max(-1, keepdims=True))
+        a = np.einsum("hqk,khd->qhd", s / s.sum(-1, keepdims=True), v).reshape(T, n_head * hd)
+        h = h + a @ W[p + "attn_output.weight"].T
+        x = norm(h, W[p + "ffn_norm.weight"])
+        g = x @ W[p + "ffn_gate.weight"].T
+        h = h + ((g / (1 + np.exp(-g))) * (x @ W[p + "ffn_up.weight"].T)) @ W[p + "ffn_down.weight"].T
+    out = W.get("output.weight", W["token_embd.weight"])
+    return norm(h, W["output_norm.weight"]) @ out.T
+
+
+def test_llama_cpp_semantics_give_transformers_logits(tmp_path, tiny):
+    """The f16 file, run with llama.cpp's conventions, gives transformers' logits of the same model with
+    its matrices rounded to f16 (float64 numpy vs float32 torch: agreement to ~1e-6 of the logit scale).
+    This checks the Q/K permutation's direction, not just that it is convert's formula."""
+    from transformers import AutoModelForCausalLM
+    out = tmp_path / "tiny-f16.gguf"
+    tool("export", tiny, out, "f16")
+    reader = gguf.GGUFReader(out)
+    model = AutoModelForCausalLM.from_pretrained(tiny, torch_dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for prm in model.parameters():
+            if prm.dim() == 2:  # norms stay float32 in the file
+                prm.copy_(prm.half().float())
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}")
+    ids = np.random.default_rng(seed).integers(0, 512, size=24)
+    ids[0] = 1
+    with torch.no_grad():
+        ref = model(torch.tensor(ids)[None]).logits[0].double().numpy()
+    got = llama_cpp_forward(reader, ids)
+    scale = np.abs(ref).max()
+    err = np.abs(got - ref).max() / scale
+    print(f"max |llama.cpp-style − transformers| / max|logit| = {err:.2e}")
+    assert err < 1e-5  # measured 1.4e-6
+    wrong = np.abs(llama_cpp_forward(reader, ids, neox_rope=True) - ref).max() / scale
+    print(f"negative control (NEOX rope on the permuted weights): {wrong:.2e}")
+    assert wrong > 1e-2

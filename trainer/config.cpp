@@ -234,6 +234,8 @@ std::vector<Field> all_fields() {
       QT_F(std::filesystem::path, "export.eval_text", export_.eval_text, show_path),
       QT_F(int64_t, "export.eval_len", export_.eval_len, show_i64),
       QT_F(int64_t, "export.eval_windows", export_.eval_windows, show_i64),
+      QT_F(bool, "logging.tensorboard", logging.tensorboard, show_bool),
+      QT_F(bool, "logging.report", logging.report, show_bool),
       QT_F(std::filesystem::path, "output_dir", output_dir, show_path),
   };
   for (auto& df : data_fields()) f.push_back(std::move(df));
@@ -534,7 +536,8 @@ std::string recipe_hash(const Recipe& r) {
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
     if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
-        f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir" || f.key.rfind("export.", 0) == 0)
+        f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir" || f.key.rfind("export.", 0) == 0 ||
+        f.key.rfind("logging.", 0) == 0)
       continue;
     for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
   }

@@ -110,6 +110,12 @@ struct ExportSection {
 // "qtrain export").
 void validate_export_section(const ExportSection& e, const std::string& where);
 
+// What a run writes for people to look at, besides metrics.jsonl (which is always written).
+struct LoggingSection {
+  bool tensorboard = true;  // events.out.tfevents.* in output_dir (trainer/tensorboard.h)
+  bool report = true;       // report.html in output_dir when the run ends (trainer/run_report.h)
+};
+
 struct Recipe {
   std::filesystem::path source;  // the YAML file
   ModelSection model;
@@ -120,6 +126,7 @@ struct Recipe {
   OptimizerSection optimizer;
   ScheduleSection schedule;
   ExportSection export_;  // `export:` (a keyword in C++, hence the underscore)
+  LoggingSection logging;
   std::filesystem::path output_dir = "runs/qtrain";
 };
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/io/atomic_file.h"
+#include "trainer/tensorboard.h"
 
 namespace qtrain {
 
@@ -39,11 +40,24 @@ MetricsLog::~MetricsLog() {
   if (live_) std::cerr << "\n";
 }
 
+void MetricsLog::add_tensorboard(const std::filesystem::path& dir, std::optional<int64_t> resumed_at, int64_t step,
+                                 const std::string& recipe_yaml) {
+  if (!enabled_) return;
+  tensorboard_ = std::make_unique<TensorBoardWriter>(dir, resumed_at);
+  // Indented four spaces: a Markdown code block, so the text plugin shows the YAML as written.
+  std::string md;
+  std::istringstream in(recipe_yaml);
+  for (std::string line; std::getline(in, line);) md += "    " + line + "\n";
+  tensorboard_->text(step, "recipe", md, unix_time_now());
+}
+
 void MetricsLog::record(const std::string& kind, int64_t step, const std::map<std::string, double>& values) {
   if (!enabled_) return;
-  nlohmann::ordered_json j;  // kind, step, then the values in name order
+  nlohmann::ordered_json j;  // kind, step, time, then the values in name order
   j["kind"] = kind;
   j["step"] = step;
+  const double now = unix_time_now();
+  j["time"] = now;
   for (const auto& [k, v] : values) j[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nullptr;  // JSON has no NaN
   // Every key and value is nlohmann's (escaping, shortest round-trip numbers); only the separators are
   // ours: ", " and ": " as Python's json.dumps writes them, so a line reads the same as before to a
@@ -56,6 +70,8 @@ void MetricsLog::record(const std::string& kind, int64_t step, const std::map<st
   // A record that did not reach the file (a full disk) is a failure, not a silent gap in the log.
   if (!out_) throw std::runtime_error(path_.string() + ": cannot append a record (disk full?)");
   written_.insert({kind, step});
+  if (tensorboard_)
+    for (const auto& [k, v] : values) tensorboard_->scalar(step, kind + "/" + k, static_cast<float>(v), now);
 
   auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? NAN : it->second; };
   char line[256];

@@ -1,17 +1,21 @@
 // Progress for people and numbers for machines, on rank 0: a live line on a terminal (rewritten in
-// place), plain lines otherwise, and every logged value in <run>/metrics.jsonl.
+// place), plain lines otherwise, and every logged value in <run>/metrics.jsonl (with the wall time of
+// the record, "time", in Unix seconds) and, when attached, in TensorBoard event files beside it.
 #pragma once
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <map>
 #include <optional>
 #include <set>
 #include <string>
 
 namespace qtrain {
+
+class TensorBoardWriter;
 
 class MetricsLog {
  public:
@@ -21,7 +25,14 @@ class MetricsLog {
   MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, bool enabled, std::optional<int64_t> resumed_at);
   ~MetricsLog();
 
-  // One record: {"kind": kind, "step": step, ...values}; printed as a progress line when kind == "train".
+  // TensorBoard event files in `dir` (trainer/tensorboard.h; resumed_at as above): from now on every
+  // record's values go there too, as scalars tagged "<kind>/<name>" at the record's step and time; the
+  // resolved recipe goes in now, as the text summary "recipe" at `step`.
+  void add_tensorboard(const std::filesystem::path& dir, std::optional<int64_t> resumed_at, int64_t step,
+                       const std::string& recipe_yaml);
+
+  // One record: {"kind": kind, "step": step, "time": unix seconds, ...values}; printed as a progress
+  // line when kind == "train".
   void record(const std::string& kind, int64_t step, const std::map<std::string, double>& values);
   void message(const std::string& text);  // a plain line (ends the live line first)
 
@@ -35,6 +46,7 @@ class MetricsLog {
   std::filesystem::path path_;
   std::ofstream out_;
   std::set<std::pair<std::string, int64_t>> written_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 
 // Peak resident memory of this process, in MiB (getrusage).

@@ -179,6 +179,7 @@ class Trainer {
       resume_note = "--resume: " + out_.string() + " has no checkpoint yet; starting from step 0";
     }
     log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, true, resumed_at);
+    if (r_.logging.tensorboard) log_->add_tensorboard(out_, resumed_at, step_, recipe_to_yaml(r_));
     log_->message("qtrain: " + std::string(family_name(mcfg.family)) + " " + model_dir.string() + " on " +
                   place_.device.str() + " (" + c10::toString(place_.compute) + "), base " +
                   (r_.quantization.enabled ? "NF4" : "dense") + " loaded in " + std::to_string(load_s).substr(0, 5) + " s, " +

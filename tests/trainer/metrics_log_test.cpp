@@ -1,5 +1,6 @@
 // metrics.jsonl: every line parses as JSON, with kind and step first and the values by name; NaN and
-// Inf become null; a key that needs escaping is escaped; numbers keep every bit.
+// Inf become null; a key that needs escaping is escaped; numbers keep every bit; each record carries its
+// wall time.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "trainer/metrics_log.h"
+#include "trainer/tensorboard.h"
 
 namespace qtrain {
 namespace {
@@ -49,9 +51,13 @@ TEST(MetricsLog, LinesAreJsonWithNullForNonFinite) {
   EXPECT_EQ(std::next(j[0].begin()).key(), "step");
   EXPECT_TRUE(j[1]["loss"].is_null()) << lines[1];
   EXPECT_EQ(j[1]["odd \"key\"\n"].get<double>(), -1.0) << lines[1];
-  EXPECT_EQ(j[2].size(), 2u);
+  EXPECT_EQ(std::next(j[0].begin(), 2).key(), "time");
+  EXPECT_EQ(j[2].size(), 3u);
+  // The record's wall time: Unix seconds, within the test's own run.
+  EXPECT_GT(j[2]["time"].get<double>(), 1.7e9);
+  EXPECT_LE(j[2]["time"].get<double>(), unix_time_now());
   // The separators people and scripts have been reading all along.
-  EXPECT_EQ(lines[2], "{\"kind\": \"train\", \"step\": 3}");
+  EXPECT_EQ(lines[2], "{\"kind\": \"train\", \"step\": 3, \"time\": " + j[2]["time"].dump() + "}");
   fs::remove(p);
 }
 

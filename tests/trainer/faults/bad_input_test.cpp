@@ -122,7 +122,8 @@ struct BadInput {
 // Logs may grow or be rewritten by a run that fails later on; everything else must survive.
 bool is_log(const std::string& relative) {
   return relative == "run/metrics.jsonl" || relative == "run/config.yaml" || relative.rfind("run/cache/", 0) == 0 ||
-         relative.rfind("cache/", 0) == 0;
+         relative.rfind("cache/", 0) == 0 || relative.rfind("run/events.out.tfevents.", 0) == 0 || relative == "run/report.html" ||
+         relative == "run/data_report.json";
 }
 
 // One good directory: a quick-start model (created by qtrain: random Llama + sentencepiece tokenizer),

@@ -10,15 +10,23 @@
 //                        Runs steps 1..S from a zero state and writes param_out.bin [n] (dtype),
 //                        exp_avg.bin, exp_avg_sq.bin [n] (float32), and trajectory.bin [S, n] (dtype, the
 //                        param after each step).
+//                        Optional "bits 8": 8-bit blockwise state (ops/adamw_fused.h); path fast|reference;
+//                        writes state1.bin, state2.bin [n] (uint8), absmax1.bin, absmax2.bin [ceil(n/256)]
+//                        (float32) instead of exp_avg*.bin. Optional "chunks K" (8-bit, fast): the param is cut
+//                        into K segments at block boundaries and stepped in one call (same bits expected).
 // Exit status: 0 ok, 1 the op rejected its input (message on stderr), 2 usage or manifest error.
 #include "ops/adamw.h"
+#include "ops/adamw_fused.h"
+#include "ops/adamw8bit_math.h"
 #include "ops/dtype_names.h"
 #include "tests/ops/tool_io.h"
 
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <map>
+#include <vector>
 #include <stdexcept>
 #include <string>
 
@@ -44,13 +52,75 @@ at::ScalarType parse_dtype(const std::string& s) {
 }
 
 
+// 8-bit state: the per-tensor API (path fast), the scalar reference (path reference), or the fused call over
+// `chunks` segments of the one param.
+int run8(const fs::path& dir, const std::map<std::string, std::string>& kv, at::Tensor p, const at::Tensor& grads,
+         const AdamWParams& hp, double gnorm_scale, const std::string& path, int64_t chunks) {
+  namespace ops = qtrain::ops;
+  const int64_t steps = grads.size(0);
+  const int64_t n = p.numel();
+  at::Tensor trajectory = at::empty({steps, n}, p.options());
+  ops::AdamW8bitState st = ops::make_adamw8bit_state(p);
+  for (int64_t t = 1; t <= steps; ++t) {
+    const at::Tensor g = grads[t - 1].contiguous();
+    if (path == "fast" && chunks <= 1) {
+      ops::adamw8bit_step(p, g, st, t, hp, gnorm_scale);
+    } else {
+      const auto s = ops::adamw_step_scalars(hp, t, gnorm_scale);
+      const int64_t blocks = (n + 255) / 256;
+      const int64_t per = (blocks + chunks - 1) / chunks;
+      std::vector<ops::AdamWSegment> segs;
+      const int64_t esize = p.element_size();
+      for (int64_t b0 = 0; b0 < blocks; b0 += per) {
+        const int64_t e0 = b0 * 256;
+        ops::AdamWSegment seg;
+        seg.n = std::min(n, (b0 + per) * 256) - e0;
+        seg.p = static_cast<char*>(p.data_ptr()) + e0 * esize;
+        seg.g = static_cast<const char*>(g.data_ptr()) + e0 * esize;
+        seg.s1 = st.state1.data_ptr<uint8_t>() + e0;
+        seg.s2 = st.state2.data_ptr<uint8_t>() + e0;
+        seg.absmax1 = st.absmax1.data_ptr<float>() + b0;
+        seg.absmax2 = st.absmax2.data_ptr<float>() + b0;
+        segs.push_back(seg);
+      }
+      if (path == "reference") {
+        for (const auto& seg : segs) {
+          if (p.scalar_type() == at::kFloat)
+            ops::adamw_fused_cpu::step8_reference<float>(seg, st.qmap1.data_ptr<float>(), st.qmap2.data_ptr<float>(), s);
+          else
+            ops::adamw_fused_cpu::step8_reference<c10::BFloat16>(seg, st.qmap1.data_ptr<float>(),
+                                                                 st.qmap2.data_ptr<float>(), s);
+        }
+      } else {
+        ops::adamw_fused_step(ops::AdamWFormat::kBlockwise8bit, segs, p.scalar_type(), p.device(), s, st.qmap1,
+                              st.qmap2);
+      }
+    }
+    trajectory[t - 1].copy_(p);
+  }
+  (void)kv;
+  write_tensor(dir / "param_out.bin", p);
+  write_tensor(dir / "state1.bin", st.state1);
+  write_tensor(dir / "state2.bin", st.state2);
+  write_tensor(dir / "absmax1.bin", st.absmax1);
+  write_tensor(dir / "absmax2.bin", st.absmax2);
+  write_tensor(dir / "trajectory.bin", trajectory);
+  return 0;
+}
+
 int run(const fs::path& dir) {
   const auto kv = read_manifest(dir);
   const at::ScalarType dtype = parse_dtype(need(kv, "dtype"));
   const int64_t n = std::stoll(need(kv, "n"));
   const int64_t steps = std::stoll(need(kv, "steps"));
   const std::string& path = need(kv, "path");
-  if (path != "fast" && path != "fallback") throw UsageError("unknown path '" + path + "' (expected fast, fallback)");
+  const int64_t bits = kv.count("bits") ? std::stoll(kv.at("bits")) : 32;
+  if (bits != 32 && bits != 8) throw UsageError("bits must be 32 or 8");
+  if (bits == 32 && path != "fast" && path != "fallback")
+    throw UsageError("unknown path '" + path + "' (expected fast, fallback)");
+  if (bits == 8 && path != "fast" && path != "reference")
+    throw UsageError("unknown path '" + path + "' (expected fast, reference)");
+  const int64_t chunks = kv.count("chunks") ? std::stoll(kv.at("chunks")) : 1;
   AdamWParams hp;
   hp.lr = need_double(kv, "lr");
   hp.beta1 = need_double(kv, "beta1");
@@ -61,6 +131,7 @@ int run(const fs::path& dir) {
 
   at::Tensor p = read_tensor(dir / "param.bin", dtype, {n});
   const at::Tensor grads = read_tensor(dir / "grads.bin", dtype, {steps, n});
+  if (bits == 8) return run8(dir, kv, p, grads, hp, gnorm_scale, path, chunks);
   at::Tensor trajectory = at::empty({steps, n}, at::TensorOptions().dtype(dtype));
   AdamWState st = qtrain::ops::make_adamw_state(p);
   for (int64_t t = 1; t <= steps; ++t) {

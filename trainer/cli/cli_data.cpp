@@ -1,4 +1,8 @@
 // qtrain data preview|stats (RECIPE | --model DIR --file F --format FMT [options])
+//   render:  qtrain data render TEMPLATE --messages FILE.json: a conversation through a chat template
+//            (a model directory's own, or a .jinja file), printed exactly as transformers'
+//            apply_chat_template(tokenize=False) renders it; --batch FILE.jsonl renders many (one JSON
+//            object per line in, one per line out: {"text": ...} or {"error": ..., "raised": ...}).
 //   preview: the first examples with the trained tokens marked ([[...]] or, on a terminal, green);
 //            --ids prints "ids<TAB>trained mask" per example instead (for the chat template oracle).
 //   stats:   counts, the token-length histogram, batches per epoch, and the linter's findings.
@@ -11,7 +15,12 @@
 #include <cstdio>
 #include <iostream>
 
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
 #include "data/dataset/batching.h"
+#include "data/dataset/chat_render.h"
 #include "data/dataset/dataset.h"
 #include "data/error.h"
 #include "data/tokenizer/tokenizer.h"
@@ -185,19 +194,144 @@ int run_stats(const std::vector<std::string>& args) {
   return 0;
 }
 
+// NAME=VALUE: VALUE as JSON when it parses (false, 3, "text", [1]), otherwise as a string.
+std::pair<std::string, nlohmann::ordered_json> parse_var(const std::string& s) {
+  const auto eq = s.find('=');
+  if (eq == std::string::npos || eq == 0) throw UsageError("--var '" + s + "': expected NAME=VALUE, e.g. enable_thinking=false");
+  const std::string value = s.substr(eq + 1);
+  nlohmann::ordered_json v = nlohmann::ordered_json::parse(value, nullptr, /*allow_exceptions=*/false);
+  if (v.is_discarded()) v = value;
+  return {s.substr(0, eq), v};
+}
+
+std::string read_file_text(const std::string& path, const std::string& option) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw UsageError(option + " " + path + ": cannot read the file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// A conversation file: a list of messages, or {"messages": [...], "tools": [...]}.
+ChatInput chat_input_from_json(const nlohmann::ordered_json& j, const std::string& where) {
+  ChatInput in;
+  if (j.is_array()) {
+    in.messages = j;
+  } else if (j.is_object() && j.contains("messages")) {
+    in.messages = j["messages"];
+    if (j.contains("tools")) in.tools = j["tools"];
+    if (j.contains("add_generation_prompt")) in.add_generation_prompt = j["add_generation_prompt"].get<bool>();
+  } else {
+    throw InputError(where + ": expected a list of messages or an object with \"messages\"");
+  }
+  if (!in.messages.is_array()) throw InputError(where + ": \"messages\" must be a list");
+  return in;
+}
+
+int run_render(const std::vector<std::string>& args) {
+  VerbSpec spec;
+  spec.usage = "qtrain data render TEMPLATE (--messages FILE.json | --batch FILE.jsonl) [--add-generation-prompt] [--var NAME=VALUE]... [--now 2025-03-14T09:26:53]";
+  spec.options.add_options()
+      ("messages", po::value<std::string>(), "a JSON list of {role, content, ...} messages (or {\"messages\": [...], \"tools\": [...]})")
+      ("batch", po::value<std::string>(), "JSON lines {\"messages\", \"tools\"?, \"add_generation_prompt\"?, \"vars\"?}: one JSON result per line")
+      ("add-generation-prompt", "end with the cue for the assistant's answer")
+      ("var", po::value<std::vector<std::string>>()->composing(), "an extra template variable NAME=VALUE (VALUE as JSON when it parses)")
+      ("now", po::value<std::string>(), "the time strftime_now sees (default: now, local time)");
+  spec.hidden.add_options()("template", po::value<std::string>(), "model directory or .jinja file");
+  spec.positional.add("template", 1);
+  const auto vm = parse_verb(args, spec);
+  if (!vm) return 0;
+  if (!vm->count("template")) throw UsageError("data render: give a TEMPLATE (a model directory or a .jinja file)");
+  if (vm->count("messages") == vm->count("batch")) throw UsageError("data render: give one of --messages FILE.json or --batch FILE.jsonl");
+  const std::filesystem::path tpath = (*vm)["template"].as<std::string>();
+  TemplateSource source;
+  std::map<std::string, std::string> special;
+  if (std::filesystem::is_directory(tpath)) {
+    auto found = find_model_template(tpath);
+    if (!found) throw InputError(tpath.string() + ": the model has no chat template (no chat_template.jinja, no chat_template in tokenizer_config.json)");
+    source = *found;
+    special = read_special_tokens(tpath);
+  } else {
+    source = read_template_file(tpath);
+  }
+  const jinja::Template tmpl(source.text, source.origin);
+  nlohmann::ordered_json vars = nlohmann::ordered_json::object();
+  if (vm->count("var"))
+    for (const auto& v : (*vm)["var"].as<std::vector<std::string>>()) {
+      auto [name, value] = parse_var(v);
+      vars[name] = value;
+    }
+  std::tm now{};
+  if (vm->count("now")) {
+    now = jinja::parse_timestamp((*vm)["now"].as<std::string>(), "--now");
+  } else {
+    const std::time_t t = std::time(nullptr);
+    localtime_r(&t, &now);
+  }
+  const bool gen = vm->count("add-generation-prompt") > 0;
+  if (vm->count("messages")) {
+    const std::string file = (*vm)["messages"].as<std::string>();
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(read_file_text(file, "--messages"));
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(file + ": not valid JSON: " + e.what());
+    }
+    ChatInput in = chat_input_from_json(j, file);
+    in.add_generation_prompt = in.add_generation_prompt || gen;
+    const auto r = tmpl.render(chat_template_vars(in, special, vars, file), now);
+    std::fwrite(r.text.data(), 1, r.text.size(), stdout);
+    return 0;
+  }
+  const std::string file = (*vm)["batch"].as<std::string>();
+  std::istringstream lines(read_file_text(file, "--batch"));
+  std::string line, out;
+  for (int64_t n = 1; std::getline(lines, line); ++n) {
+    if (line.empty()) continue;
+    const std::string where = file + ":" + std::to_string(n);
+    nlohmann::ordered_json j;
+    try {
+      j = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw InputError(where + ": not valid JSON: " + e.what());
+    }
+    ChatInput in = chat_input_from_json(j, where);
+    in.add_generation_prompt = in.add_generation_prompt || gen;
+    nlohmann::ordered_json line_vars = vars;
+    if (j.is_object() && j.contains("vars") && j["vars"].is_object())
+      for (auto it = j["vars"].begin(); it != j["vars"].end(); ++it) line_vars[it.key()] = it.value();
+    nlohmann::ordered_json result;
+    try {
+      result["text"] = tmpl.render(chat_template_vars(in, special, line_vars, where), now).text;
+    } catch (const jinja::TemplateRaised& e) {
+      result["error"] = e.raised();
+      result["raised"] = true;
+    } catch (const jinja::TemplateError& e) {
+      result["error"] = e.what();
+      result["raised"] = false;
+    }
+    out += result.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  }
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return 0;
+}
+
 }  // namespace
 
 int run_data(const std::vector<std::string>& args) {
-  const std::string usage = "usage: qtrain data preview|stats (RECIPE | --model DIR --file F --format FMT) [options]";
+  const std::string usage = "usage: qtrain data preview|stats (RECIPE | --model DIR --file F --format FMT) [options]\n"
+                            "       qtrain data render TEMPLATE --messages FILE.json [--add-generation-prompt] [--var NAME=VALUE]... [--now TIME]";
   if (args.empty() || args[0] == "--help" || args[0] == "-h") {
     std::cout << usage << "\n  preview  the first examples with trained tokens marked\n"
-              << "  stats    counts, length histogram and the linter's findings\n";
+              << "  stats    counts, length histogram and the linter's findings\n"
+              << "  render   a conversation through a chat template, exactly as transformers renders it\n";
     return args.empty() ? static_cast<int>(ExitCode::kUsage) : 0;
   }
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   if (args[0] == "preview") return run_preview(rest);
   if (args[0] == "stats") return run_stats(rest);
-  throw UsageError("data: unknown subcommand '" + args[0] + "' (expected preview or stats)");
+  if (args[0] == "render") return run_render(rest);
+  throw UsageError("data: unknown subcommand '" + args[0] + "' (expected preview, stats or render)");
 }
 
 }  // namespace qtrain::cli

@@ -6,12 +6,14 @@
 
 #include "data/error.h"
 #include "data/io/atomic_file.h"
+#include "data/io/safetensors.h"
 
 namespace qtrain {
 namespace fs = std::filesystem;
 
 namespace {
 constexpr const char* kStateFile = "trainer_state.h5";
+constexpr const char* kRanksFile = "ranks.safetensors";
 
 bool is_complete(const fs::path& dir) { return fs::is_directory(dir) && fs::exists(dir / kStateFile); }
 
@@ -87,18 +89,49 @@ TrainerState Checkpointer::load(const fs::path& checkpoint, NamedTensors* adapte
   return s;
 }
 
-fs::path Checkpointer::save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info) {
+fs::path Checkpointer::save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info,
+                            const RankStates& ranks) {
   create_directories_durably(dir());
   const fs::path target = dir() / ("step-" + std::to_string(state.step));
   if (!is_complete(target)) {
     AtomicDirectory d(target);
     // Master weights in their own dtype, so a resume continues from exactly these numbers.
     save_peft_adapter(d.path() / "adapter", adapter, info, adapter.empty() ? at::kFloat : adapter.front().second.scalar_type());
-    save_trainer_state(d.path() / kStateFile, state);
+    if (ranks.world_size > 1) {
+      std::map<std::string, at::Tensor> rng;
+      for (std::size_t r = 0; r < ranks.rng.size(); ++r) rng["rng." + std::to_string(r)] = ranks.rng[r];
+      safetensors::save(d.path() / kRanksFile, rng, {{"format", "pt"}, {"world_size", std::to_string(ranks.world_size)}});
+    }
+    save_trainer_state(d.path() / kStateFile, state);  // last: its presence marks the checkpoint complete
     d.commit();
   }
   prune();
   return target;
+}
+
+RankStates Checkpointer::load_ranks(const fs::path& checkpoint) {
+  RankStates out;
+  const fs::path file = checkpoint / kRanksFile;
+  if (!fs::exists(file)) return out;
+  const auto f = safetensors::File::open(file);
+  const auto& meta = f->header().metadata;
+  const auto it = meta.find("world_size");
+  int64_t world = 0;
+  if (it != meta.end()) {
+    try {
+      world = std::stoll(it->second);
+    } catch (const std::exception&) {
+      world = 0;
+    }
+  }
+  if (world < 1) throw InputError(file.string() + ": metadata world_size is missing or not a positive integer");
+  out.world_size = world;
+  for (int64_t r = 0; r < world; ++r) {
+    const std::string name = "rng." + std::to_string(r);
+    if (!f->contains(name)) throw InputError(file.string() + ": tensor '" + name + "' is missing (world_size " + std::to_string(world) + ")");
+    out.rng.push_back(f->tensor(name).clone());
+  }
+  return out;
 }
 
 void Checkpointer::prune() const {

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "data/io/peft_adapter.h"
 #include "data/io/trainer_state.h"
@@ -21,6 +22,14 @@ std::optional<int64_t> checkpoint_step(const std::filesystem::path& dir);
 
 // The complete checkpoint with the largest step under `checkpoints_dir`, if any.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& checkpoints_dir);
+
+// What a checkpoint records about the ranks that wrote it (data parallelism, trainer/distributed.h):
+// their number, and each rank's dropout stream (rank 0's is also TrainerState::rng_state). Kept in
+// step-N/ranks.safetensors; a checkpoint without that file was written by one process.
+struct RankStates {
+  int64_t world_size = 1;
+  std::vector<at::Tensor> rng;  // uint8 generator states by rank; empty: only TrainerState's
+};
 
 class Checkpointer {
  public:
@@ -49,7 +58,12 @@ class Checkpointer {
 
   // Writes step-<state.step> atomically, then deletes all but the newest keep_last checkpoints.
   // A checkpoint of that step already on disk is left as it is (the same step is the same state).
-  std::filesystem::path save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info);
+  std::filesystem::path save(const TrainerState& state, const NamedTensors& adapter, const AdapterInfo& info,
+                             const RankStates& ranks = {});
+
+  // The ranks that wrote `checkpoint` (world 1 when it has no ranks.safetensors). InputError naming
+  // the file when it is malformed.
+  static RankStates load_ranks(const std::filesystem::path& checkpoint);
 
  private:
   void prune() const;

@@ -23,6 +23,7 @@ const Table<DeviceChoice> kDevices = {{DeviceChoice::kAuto, "auto"}, {DeviceChoi
 const Table<Schedule> kSchedules = {{Schedule::kConstant, "constant"}, {Schedule::kLinear, "linear"}, {Schedule::kCosine, "cosine"}};
 const Table<NanPolicy> kNanPolicies = {{NanPolicy::kStop, "stop"}, {NanPolicy::kSkip, "skip"}};
 const Table<ExportFormat> kExportFormats = {{ExportFormat::kNone, "none"}, {ExportFormat::kMerged, "merged"}, {ExportFormat::kGptq, "gptq"}};
+const Table<DistBackend> kDistBackends = {{DistBackend::kAuto, "auto"}, {DistBackend::kGloo, "gloo"}, {DistBackend::kNccl, "nccl"}};
 const Table<ops::QuantType> kQuantTypes = {{ops::QuantType::kNF4, "nf4"}, {ops::QuantType::kFP4, "fp4"}};
 
 template <class E>
@@ -236,6 +237,10 @@ std::vector<Field> all_fields() {
       QT_F(int64_t, "export.eval_windows", export_.eval_windows, show_i64),
       QT_F(bool, "logging.tensorboard", logging.tensorboard, show_bool),
       QT_F(bool, "logging.report", logging.report, show_bool),
+      QT_E("distributed.backend", kDistBackends, distributed.backend),
+      QT_F(double, "distributed.timeout", distributed.timeout, show_f64),
+      QT_F(int64_t, "distributed.world_size", distributed.world_size, show_i64),
+      QT_F(double, "distributed.bucket_mb", distributed.bucket_mb, show_f64),
       QT_F(std::filesystem::path, "output_dir", output_dir, show_path),
   };
   for (auto& df : data_fields()) f.push_back(std::move(df));
@@ -337,6 +342,9 @@ void validate(const Recipe& r, Problems& p) {
     if (v < 0) p.add(k, "must be >= 0");
   validate_data(r.data, p);
   for (const auto& [key, msg] : export_problems(r.export_)) p.add("export." + key, msg);
+  positive("distributed.timeout", r.distributed.timeout);
+  if (r.distributed.world_size < 0) p.add("distributed.world_size", "must be >= 0 (0 = as many ranks as launched)");
+  positive("distributed.bucket_mb", r.distributed.bucket_mb);
 }
 
 // ---- the data section: fields of data/dataset/data_config.h ----
@@ -535,6 +543,7 @@ std::string recipe_hash(const Recipe& r) {
   // machines; a dropout stream that cannot follow is refused by the trainer with its own message).
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
+    if (f.key.rfind("distributed.", 0) == 0) continue;  // how a run is launched changes no bit of it
     if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
         f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir" || f.key.rfind("export.", 0) == 0 ||
         f.key.rfind("logging.", 0) == 0)

@@ -116,6 +116,18 @@ struct LoggingSection {
   bool report = true;       // report.html in output_dir when the run ends (trainer/run_report.h)
 };
 
+enum class DistBackend { kAuto, kGloo, kNccl };  // auto: NCCL on CUDA, Gloo on CPU
+
+// Several processes, one per GPU (torchrun or Slurm's srun: trainer/distributed_env.h), training one
+// adapter data-parallel (trainer/distributed.h). Ignored by a single process. Left out of the recipe
+// hash: a run may resume under another launch.
+struct DistributedSection {
+  DistBackend backend = DistBackend::kAuto;
+  double timeout = 600;     // seconds: bounds the rendezvous, every collective and noticing a lost rank
+  int64_t world_size = 0;   // 0: as many ranks as launched; N: refuse any other count (1 without a launcher too)
+  double bucket_mb = 25;    // adapter gradients are all-reduced in buckets of this size (DDP's default)
+};
+
 struct Recipe {
   std::filesystem::path source;  // the YAML file
   ModelSection model;
@@ -127,6 +139,7 @@ struct Recipe {
   ScheduleSection schedule;
   ExportSection export_;  // `export:` (a keyword in C++, hence the underscore)
   LoggingSection logging;
+  DistributedSection distributed;
   std::filesystem::path output_dir = "runs/qtrain";
 };
 

@@ -15,6 +15,8 @@
 #include "data/io/directory_lock.h"
 #include "data/tokenizer/tokenizer.h"
 #include "trainer/checkpointer.h"
+#include "trainer/distributed.h"
+#include "trainer/distributed_env.h"
 #include "trainer/evaluate.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics_log.h"
@@ -42,11 +44,11 @@ Placement resolve_placement(const Recipe& r) {
   Placement out;
   const bool cuda = at::hasCUDA();
   switch (r.training.device) {
-    case DeviceChoice::kAuto: out.device = cuda ? at::Device(at::kCUDA) : at::Device(at::kCPU); break;
+    case DeviceChoice::kAuto: out.device = cuda ? rank_cuda_device() : at::Device(at::kCPU); break;
     case DeviceChoice::kCpu: out.device = at::kCPU; break;
     case DeviceChoice::kCuda:
       if (!cuda) throw UsageError(r.source.string() + ": training.device: cuda, but no CUDA device is available");
-      out.device = at::Device(at::kCUDA);
+      out.device = rank_cuda_device();  // cuda:LOCAL_RANK under torchrun / srun
       break;
   }
   switch (r.training.compute_dtype) {
@@ -92,11 +94,12 @@ class Trainer {
     StopSignalGuard stop;
     auto stopping = [&] { return stop.requested(); };
     if (!set_up()) return {};
-    if (stop.requested()) return interrupted(stop);
+    // Ranks agree on stopping at step boundaries only (trainer/distributed.h); one process is unchanged.
+    if (ranks_->agree_stop(stop.requested())) return interrupted(stop);
     // The evaluation before the first step, or one a stop interrupted before the checkpoint it resumed.
     if (eval_due() && !evaluate_and_log(stopping)) return interrupted(stop);
     const auto t0 = Clock::now();
-    while (step_ < total_ && !stop.requested()) {
+    while (step_ < total_ && !ranks_->agree_stop(stop.requested())) {
       const int64_t skipped_before = skipped_in_a_row_;
       const StepResult s = one_step(stopping);
       if (s.interrupted) break;
@@ -105,7 +108,7 @@ class Trainer {
       if (eval_due() && !evaluate_and_log(stopping)) break;
       if (due(r_.schedule.save_every)) save();
     }
-    if (stop.requested()) return interrupted(stop);
+    if (ranks_->agree_stop(stop.requested())) return interrupted(stop);
     return finish(t0, stopping, stop);
   }
 
@@ -117,32 +120,36 @@ class Trainer {
       throw UsageError(r_.source.string() + ": model.path '" + model_dir.string() + "' is not a directory");
     const ModelConfig mcfg = parse_model_config(model_dir / "config.json");
     const auto tok = load_tokenizer(model_dir);
+    ranks_ = DataParallel::join(r_, read_launch_env(), place_.device);  // one process: nothing to join
     dcfg_ = r_.data;
     if (dcfg_.cache_dir.empty()) dcfg_.cache_dir = out_ / "cache";
     DataReport report;
-    data_ = build_dataset(dcfg_, *tok, model_dir, &report);
-    std::cerr << format_report(report);
+    ranks_->main_first("building the token cache", [&] { data_ = build_dataset(dcfg_, *tok, model_dir, &report); });
+    if (ranks_->is_main()) std::cerr << format_report(report);
     if (opts_.dry_run) {
       std::cerr << "dry run: recipe, model config (" << family_name(mcfg.family) << ", " << mcfg.num_hidden_layers
                 << " layers), tokenizer and data are valid; " << data_.train->size() << " training examples\n";
       return false;
     }
 
-    // One process per run directory; then what a crash of the previous one left is cleaned up.
-    try {
+    // One process per run directory (rank 0 for all ranks); then what a crash of the previous one left is cleaned up.
+    if (ranks_->is_main()) try {
       lock_.emplace(out_);
     } catch (const Error&) {
       throw;  // another process holds it: already says so
     } catch (const std::runtime_error& e) {
       throw Error(ExitCode::kFailure, "output_dir '" + out_.string() + "' (" + r_.source.string() + "): " + e.what());
     }
-    recover_after_crash(out_);
-    checkpoints_.recover_after_crash();
+    if (ranks_->is_main()) {
+      recover_after_crash(out_);
+      checkpoints_.recover_after_crash();
+    }
+    ranks_->barrier("rank 0 locks and cleans " + out_.string());
     // Never mix two runs in one directory: a finished or interrupted run is continued or moved aside.
     std::optional<fs::path> resume_from;
     if (opts_.resume) resume_from = checkpoints_.resolve_resume(*opts_.resume);
     else checkpoints_.require_empty();
-    write_file_atomic(out_ / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
+    if (ranks_->is_main()) write_file_atomic(out_ / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
 
     LoadOptions lo;
     lo.dtype = place_.compute;
@@ -161,11 +168,12 @@ class Trainer {
     spec.dtype = place_.lora;
     model_->add_lora(spec, at::make_generator<at::CPUGeneratorImpl>(r_.lora.init_seed.value_or(r_.training.seed)));
     optimizer_ = make_optimizer(r_.optimizer, r_.training.weight_decay, model_->lora_parameters());
+    ranks_->check_identical(optimizer_->params(), recipe_hash(r_));
     ctx_.training = true;
     ctx_.recompute = r_.training.recompute;
-    ctx_.dropout_gen = make_dropout_generator(place_.device, r_.training.seed + 1);
+    ctx_.dropout_gen = make_dropout_generator(place_.device, ranks_->dropout_seed(r_.training.seed + 1));
 
-    loader_ = std::make_unique<Loader>(data_.train, r_.training.micro_batch_size, dcfg_, dcfg_.seed, /*rank=*/0, /*world=*/1);
+    loader_ = std::make_unique<Loader>(data_.train, r_.training.micro_batch_size, dcfg_, dcfg_.seed, ranks_->rank(), ranks_->world());
     const int64_t k = r_.training.gradient_accumulation;
     total_ = r_.training.max_steps > 0
                  ? r_.training.max_steps
@@ -178,7 +186,7 @@ class Trainer {
     } else if (opts_.resume) {
       resume_note = "--resume: " + out_.string() + " has no checkpoint yet; starting from step 0";
     }
-    log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, true, resumed_at);
+    log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, ranks_->is_main(), resumed_at);
     if (r_.logging.tensorboard) log_->add_tensorboard(out_, resumed_at, step_, recipe_to_yaml(r_));
     log_->message("qtrain: " + std::string(family_name(mcfg.family)) + " " + model_dir.string() + " on " +
                   place_.device.str() + " (" + c10::toString(place_.compute) + "), base " +
@@ -187,6 +195,7 @@ class Trainer {
                   std::to_string(k) + " × " + std::to_string(r_.training.micro_batch_size) + ", " + optimizer_->kind() + " (" +
                   std::to_string(optimizer_->state_bytes() >> 20) + " MiB of state)");
     if (!resume_note.empty()) log_->message(resume_note);
+    if (!ranks_->describe().empty()) log_->message(ranks_->describe());
     if (r_.optimizer.paged)
       log_->message("note: optimizer.paged: the optimizer state stays on the training device (paging is not implemented yet)");
     return true;
@@ -204,7 +213,7 @@ class Trainer {
     ss.update = step_ + 1;
     ss.lr = learning_rate_at(r_.training.schedule, r_.training.learning_rate, step_, r_.training.warmup_steps, total_);
     ss.max_grad_norm = r_.training.max_grad_norm;
-    StepResult s = train_step(*model_, *optimizer_, batches, ss, ctx_, StepReduce{}, stopping);
+    StepResult s = train_step(*model_, *optimizer_, batches, ss, ctx_, ranks_->step_reduce(), ranks_->within_step(stopping));
     if (s.interrupted) {
       loader_->restore(cursor);
       ctx_.dropout_gen.set_state(rng);
@@ -236,7 +245,8 @@ class Trainer {
   // An evaluation belongs to step 0, every eval_every steps and the last step, once each: a resumed run
   // redoes one that a stop interrupted (metrics.jsonl has no record of it) and no other.
   bool eval_due() const {
-    if (!data_.eval || data_.eval->size() == 0 || log_->has("eval", step_)) return false;
+    // Rank 0 evaluates; the others wait for it at the next collective.
+    if (!ranks_->is_main() || !data_.eval || data_.eval->size() == 0 || log_->has("eval", step_)) return false;
     return step_ == 0 || step_ == total_ || due(r_.schedule.eval_every);
   }
 
@@ -258,7 +268,7 @@ class Trainer {
   // evaluation of this process also go into the summary). False when a stop request interrupted it:
   // nothing is recorded then.
   bool evaluate_and_log(const std::function<bool()>& stopping) {
-    const EvalResult e = evaluate(*model_, data_.eval, r_.training.micro_batch_size, dcfg_, r_.schedule.eval_batches, stopping);
+    const EvalResult e = evaluate(*model_, data_.eval, r_.training.micro_batch_size, dcfg_, r_.schedule.eval_batches, ranks_->within_step(stopping));
     if (e.interrupted) return false;
     log_->record("eval", step_, {{"eval_loss", e.loss}, {"eval_ppl", std::exp(e.loss)}, {"eval_token_acc", e.token_acc}});
     if (step_ == 0) result_.eval_loss_first = e.loss, result_.eval_acc_first = e.token_acc;  // before training
@@ -281,7 +291,7 @@ class Trainer {
     s.recipe_hash = recipe_hash(r_);
     s.optimizer = optimizer_->kind();
     s.optimizer_state = optimizer_->state();
-    const fs::path dir = checkpoints_.save(s, optimizer_->params(), adapter_info(r_));
+    const fs::path dir = ranks_->save_checkpoint(checkpoints_, s, optimizer_->params(), adapter_info(r_));
     saved_step_ = step_;
     log_->message("checkpoint: " + dir.string());
   }
@@ -316,8 +326,9 @@ class Trainer {
       p.copy_(it->second);
     }
     optimizer_->load_state(s.optimizer_state, state_file);
-    ctx_.dropout_gen.set_state(s.rng_state);
-    loader_->restore(Cursor{s.cursor_epoch, s.cursor_position, s.cursor_seed});
+    ctx_.dropout_gen.set_state(ranks_->resumed_rng(ck, s.rng_state));
+    loader_->restore(ranks_->resumed_cursor(ck, Cursor{s.cursor_epoch, s.cursor_position, s.cursor_seed}, data_.train,
+                                            r_.training.micro_batch_size, dcfg_));
     step_ = s.step;
     tokens_ = s.tokens;
     saved_step_ = s.step;
@@ -340,7 +351,9 @@ class Trainer {
     // resumed run evaluates it (eval_due); one killed after has the record and does not redo it.
     if (eval_due() && !evaluate_and_log(stopping)) return interrupted(stop);
     if (saved_step_ != step_) save();
-    save_peft_adapter(out_ / "adapter", optimizer_->params(), adapter_info(r_), place_.lora);
+    ranks_->main_first("writing the adapter", [&] {
+      if (ranks_->is_main()) save_peft_adapter(out_ / "adapter", optimizer_->params(), adapter_info(r_), place_.lora);
+    });
     result_.steps = step_;
     std::string summary = "done: " + std::to_string(step_) + " steps in " + std::to_string(static_cast<int>(seconds_since(t0))) +
                           " s, " + std::to_string(tokens_) + " target tokens, final loss " + std::to_string(result_.final_loss);
@@ -373,6 +386,7 @@ class Trainer {
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Loader> loader_;
   std::unique_ptr<MetricsLog> log_;
+  std::unique_ptr<DataParallel> ranks_ = std::make_unique<DataParallel>();  // the ranks of a multi-process run (set_up joins them)
   std::optional<DirectoryLock> lock_;  // held from set-up to the end of the run
   RunContext ctx_;
   int64_t total_ = 0, step_ = 0, tokens_ = 0;

@@ -32,6 +32,23 @@ std::optional<json> json_if_exists(const std::filesystem::path& p) {
   return read_json_file(p);
 }
 
+// Lenient accessors for optional keys of tokenizer files: a missing key, a non-object parent or a value of
+// another type reads as absent (nlohmann's value() throws on those).
+const json& field(const json& j, const std::string& key) {
+  static const json null;
+  if (!j.is_object()) return null;
+  const auto it = j.find(key);
+  return it == j.end() ? null : *it;
+}
+bool flag(const json& j, const std::string& key, bool dflt) {
+  const json& v = field(j, key);
+  return v.is_boolean() ? v.get<bool>() : dflt;
+}
+std::string text(const json& j, const std::string& key) {
+  const json& v = field(j, key);
+  return v.is_string() ? v.get<std::string>() : std::string();
+}
+
 // convert_hf_to_gguf.py's does_token_look_special: added tokens that are control tokens in practice even
 // when their files do not mark them special.
 bool looks_special(const std::string& t) {
@@ -112,7 +129,7 @@ Vocab sentencepiece_vocab(const std::filesystem::path& dir, int64_t vocab_size) 
           throw_bad_key(dir / "tokenizer_config.json", "added_tokens_decoder." + key, "an object with a content string", entry);
         }
         std::string content = entry["content"].get<std::string>();
-        const bool special = entry.value("special", false);
+        const bool special = flag(entry, "special", false);
         if (special || looks_special(content)) {
           v.types[i] = kControl;
         } else {
@@ -138,7 +155,7 @@ std::string bpe_pre(const std::optional<json>& tj, const std::filesystem::path& 
   if (dumped.find(R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3})") != std::string::npos) {
     return "llama-bpe";
   }
-  if (pre.is_object() && pre.value("type", "") == "ByteLevel" && pre.value("use_regex", true)) return "gpt-2";
+  if (text(pre, "type") == "ByteLevel" && flag(pre, "use_regex", true)) return "gpt-2";
   throw InputError((dir / "tokenizer.json").string() +
                    ": pre_tokenizer not recognised for GGUF (known: Llama 3's split regex → llama-bpe, "
                    "GPT-2 ByteLevel → gpt-2)");
@@ -148,6 +165,7 @@ std::string bpe_pre(const std::optional<json>& tj, const std::filesystem::path& 
 // "[PAD<i>]" UNUSED; added tokens are CONTROL when special or special-looking, else USER_DEFINED.
 Vocab bpe_vocab(const std::filesystem::path& dir, int64_t vocab_size) {
   const std::optional<json> tj = json_if_exists(dir / "tokenizer.json");
+  if (tj && !tj->is_object()) throw_bad_key(dir / "tokenizer.json", "(root)", "an object", *tj);
   std::map<int64_t, std::string> by_id;
   std::map<int64_t, bool> added_special;  // id → special flag of an added token
   const std::filesystem::path src = tj ? dir / "tokenizer.json" : dir / "vocab.json";
@@ -161,15 +179,15 @@ Vocab bpe_vocab(const std::filesystem::path& dir, int64_t vocab_size) {
     for (const json& a : tj->value("added_tokens", json::array())) {
       if (!a.contains("id") || !a.contains("content")) throw_bad_key(src, "added_tokens", "entries with id and content", a);
       by_id[a["id"].get<int64_t>()] = a["content"].get<std::string>();
-      added_special[a["id"].get<int64_t>()] = a.value("special", false);
+      added_special[a["id"].get<int64_t>()] = flag(a, "special", false);
     }
   } else {
     vocab = read_json_file(src);
     if (!vocab.is_object()) throw_bad_key(src, "(root)", "an object token → id", vocab);
     if (auto tc = json_if_exists(dir / "tokenizer_config.json"); tc && tc->contains("added_tokens_decoder")) {
       for (const auto& [key, entry] : (*tc)["added_tokens_decoder"].items()) {
-        by_id[std::stoll(key)] = entry.value("content", "");
-        added_special[std::stoll(key)] = entry.value("special", false);
+        by_id[std::stoll(key)] = text(entry, "content");
+        added_special[std::stoll(key)] = flag(entry, "special", false);
       }
     }
   }
@@ -263,7 +281,8 @@ void special_vocab(const std::filesystem::path& dir, std::optional<int64_t> n_vo
     for (auto& p : adds) if (p.first == role) { p.second = v; return; }
     adds.emplace_back(role, v);
   };
-  const std::optional<json> tj = json_if_exists(dir / "tokenizer.json");
+  std::optional<json> tj = json_if_exists(dir / "tokenizer.json");
+  if (tj && !tj->is_object()) tj.reset();
   std::optional<json> tc = json_if_exists(dir / "tokenizer_config.json");
   if (tc && !tc->is_object()) tc.reset();
   std::map<std::string, std::string> text_override;  // a TemplateProcessing trailing token replaces the eos text
@@ -286,17 +305,18 @@ void special_vocab(const std::filesystem::path& dir, std::optional<int64_t> n_vo
     }
     const auto bos = token_text("bos"), cls = token_text("cls"), eos = token_text("eos");
     for (const json& p : procs) {
-      if (!p.is_object() || p.value("type", "") != "TemplateProcessing") continue;
-      const json single = p.value("single", json::array());
+      if (text(p, "type") != "TemplateProcessing") continue;
+      const json& single = field(p, "single");
+      if (!single.is_array()) continue;
       if (single.size() <= 1) continue;
-      const json first = single.front().value("SpecialToken", json()).value("id", json());
+      const json& first = field(field(single.front(), "SpecialToken"), "id");
       if (first.is_string() && !first.get<std::string>().empty()) {
         const std::string f = first.get<std::string>();
         set_add("bos", (bos && f == *bos) || (cls && f == *cls) || (!tc));
       }
       // A trailing special token: add_eos, and (gguf-py) it becomes the eos token when it is not the
       // configured one (gguf-py then also records the old eos as eot; not written here).
-      const json last = single.back().value("SpecialToken", json()).value("id", json());
+      const json& last = field(field(single.back(), "SpecialToken"), "id");
       if (last.is_string() && !last.get<std::string>().empty()) {
         if (tc && (!eos || last.get<std::string>() != *eos)) text_override["eos"] = last.get<std::string>();
         set_add("eos", true);
@@ -316,10 +336,12 @@ void special_vocab(const std::filesystem::path& dir, std::optional<int64_t> n_vo
     for (const std::string& role : kRoles) {
       const json a = tc->value("add_" + role + "_token", json());
       if (a.is_boolean()) set_add(role, a.get<bool>());
-      const auto text = token_text(role);
-      if (!text || !tj) continue;
-      for (const json& at : tj->value("added_tokens", json::array())) {
-        if (at.value("content", "") == *text && at.contains("id") && at["id"].is_number_integer()) {
+      const auto wanted = token_text(role);
+      if (!wanted || !tj) continue;
+      const json& added = field(*tj, "added_tokens");
+      if (!added.is_array()) continue;
+      for (const json& at : added) {
+        if (text(at, "content") == *wanted && field(at, "id").is_number_integer()) {
           set_id(role, at["id"].get<int64_t>());
           break;
         }
@@ -350,7 +372,7 @@ void special_vocab(const std::filesystem::path& dir, std::optional<int64_t> n_vo
     std::vector<std::string> names;
     std::optional<std::string> def;
     for (const json& c : *template_value) {
-      std::string name = c.value("name", "");
+      std::string name = text(c, "name");
       for (char& ch : name) if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
       if (name.empty() || !c.contains("template") || !c["template"].is_string()) continue;
       if (name == "default") def = c["template"].get<std::string>();

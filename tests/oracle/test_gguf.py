@@ -8,9 +8,6 @@ scripts/requirements.txt), and against transcriptions of llama.cpp's reference q
     of ggml-quants.c's quantize_row_q4_K_ref / q5_K_ref / q6_K_ref written here (the limitation: that
     transcription, like the C++, was written by us from the same C source; no llama.cpp binary or
     llama-cpp-python runs here, so no llama.cpp runtime has read these files).
-(c) Semantics. A float64 numpy Llama that reads the f16 file with llama.cpp's conventions (GGUF names,
-    RoPE type NORM on adjacent pairs, tied output) gives transformers' logits of the same weights; with
-    NEOX rope (the wrong convention for permuted weights) it does not.
 (b) Files. qtrain writes the shared tiny Llama (dims 64/192: not multiples of 256, so Q4_K_M falls back to
     Q5_0/Q8_0 there, as llama-quantize does) and a random Llama with 256-multiple dims in f16, q8_0 and
     q4_k_m; gguf.GGUFReader reads every file: metadata equals what convert_hf_to_gguf.py would write
@@ -19,6 +16,13 @@ scripts/requirements.txt), and against transcriptions of llama.cpp's reference q
     llama.cpp's llama_tensor_get_type for Q4_K_M, and every tensor dequantized by gguf-py gives back the
     HF weight (Q/K rows un-permuted with the inverse of convert's permute) within its type's bound, and
     bit-exactly where gguf-py quantizes (f16, Q8_0, Q5_0).
+
+(c) Semantics. A float64 numpy Llama that reads the f16 file with llama.cpp's conventions (GGUF names,
+    RoPE type NORM on adjacent pairs, tied output) gives transformers' logits of the same weights; with
+    NEOX rope (the wrong convention for permuted weights) it does not.
+(d) A byte-level BPE tokenizer (tokenizer.json made here with `tokenizers`): tokens, types and merges as
+    convert's get_vocab_base builds them with transformers' AutoTokenizer, special ids / add_* flags /
+    template from gguf.SpecialVocab(load_merges=True); tokenizer.ggml.pre from the pre-tokenizer.
 
 The tool is tests/export/gguf_tool (path in $QTRAIN_GGUF_TOOL).
 """
@@ -715,3 +719,97 @@ def test_llama_cpp_semantics_give_transformers_logits(tmp_path, tiny):
     wrong = np.abs(llama_cpp_forward(reader, ids, neox_rope=True) - ref).max() / scale
     print(f"negative control (NEOX rope on the permuted weights): {wrong:.2e}")
     assert wrong > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------
+# (d) byte-level BPE tokenizers
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def make_bpe_llama(dst, tiny, llama3_pre):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    if llama3_pre:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = [l for l in (tiny.parent.parent / "corpus" / "wiki_demo.txt").read_text().splitlines() if l.strip()][:400] \
+        if (tiny.parent.parent / "corpus" / "wiki_demo.txt").exists() else ["the quick brown fox jumps over the lazy dog " * 20]
+    tok.train_from_iterator(text, trainer)
+    tok.add_tokens(["my extra"])  # a non-special added token (USER_DEFINED)
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", bos)])
+    dst.mkdir(parents=True, exist_ok=True)
+    tok.save(str(dst / "tokenizer.json"))
+    (dst / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, bos_token_id=bos,
+                      eos_token_id=tok.token_to_id("<|end_of_text|>"), tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(dst, safe_serialization=True)
+    return tok
+
+
+def expected_bpe_vocab(model_dir, vocab_size):
+    """convert_hf_to_gguf.py get_vocab_base (without the re-encoding of non-normalized added tokens)."""
+    from transformers import AutoTokenizer
+    t = AutoTokenizer.from_pretrained(model_dir)
+    reverse = {i: s for s, i in t.get_vocab().items()}
+    added = t.get_added_vocab()
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(5)
+            continue
+        s = reverse[i]
+        if s in added:
+            special = t.added_tokens_decoder[i].special or (s.startswith("<|") and s.endswith("|>"))
+            types.append(3 if special else 4)
+            s = s if special else s.replace("\u2581", " ")
+        else:
+            types.append(1)
+        tokens.append(s)
+    return tokens, types
+
+
+@pytest.mark.parametrize("llama3_pre", [False, True])
+def test_bpe_tokenizer_metadata(tmp_path, tiny, llama3_pre):
+    d = tmp_path / "bpe"
+    make_bpe_llama(d, tiny, llama3_pre)
+    out = tmp_path / "bpe.gguf"
+    tool("export", d, out, "q8_0")
+    r = gguf.GGUFReader(out)
+    assert field_value(r, "tokenizer.ggml.model") == "gpt2"
+    assert field_value(r, "tokenizer.ggml.pre") == ("llama-bpe" if llama3_pre else "gpt-2")
+    tokens, types = expected_bpe_vocab(d, 320)
+    assert field_value(r, "tokenizer.ggml.tokens") == tokens
+    assert field_value(r, "tokenizer.ggml.token_type") == types
+    assert 4 in types and 5 in types and 3 in types  # user-defined, padding and control ids all present
+    assert r.get_field("tokenizer.ggml.scores") is None
+    sv = gguf.SpecialVocab(d, load_merges=True)
+    assert field_value(r, "tokenizer.ggml.merges") == sv.merges and len(sv.merges) > 10
+    names = {"bos": "bos", "eos": "eos", "unk": "unknown", "sep": "seperator", "pad": "padding", "mask": "mask"}
+    for typ, tid in sv.special_token_ids.items():
+        assert field_value(r, f"tokenizer.ggml.{names[typ]}_token_id") == tid, typ
+    for typ, v in sv.add_special_token.items():
+        assert field_value(r, f"tokenizer.ggml.add_{typ}_token") == v, typ
+    assert sv.add_special_token.get("bos") is True  # from the TemplateProcessing
+    assert field_value(r, "tokenizer.chat_template") == sv.chat_template
+    # no unexpected tokenizer keys
+    keys = {k for k in r.fields if k.startswith("tokenizer.")}
+    want = {"tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges", "tokenizer.chat_template"}
+    want |= {f"tokenizer.ggml.{names[t]}_token_id" for t in sv.special_token_ids}
+    want |= {f"tokenizer.ggml.add_{t}_token" for t in sv.add_special_token}
+    assert keys == want

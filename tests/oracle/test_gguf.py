@@ -654,6 +654,8 @@ def llama_cpp_forward(reader, ids, neox_rope=False):
     T = len(ids)
     pos = np.arange(T)[:, None]
     inv = base ** (-np.arange(0, hd, 2) / hd)
+    if "rope_freqs.weight" in W:  # llama3 scaling: llama.cpp divides each frequency by its factor
+        inv = inv / W["rope_freqs.weight"]
     ang = pos * inv[None, :]  # [T, hd/2]
     cos, sin = np.cos(ang), np.sin(ang)
 
@@ -813,3 +815,58 @@ def test_bpe_tokenizer_metadata(tmp_path, tiny, llama3_pre):
     want |= {f"tokenizer.ggml.{names[t]}_token_id" for t in sv.special_token_ids}
     want |= {f"tokenizer.ggml.add_{t}_token" for t in sv.add_special_token}
     assert keys == want
+
+
+def test_llama3_rope_factors_give_transformers_logits(tmp_path, tiny):
+    """rope_type llama3: rope_freqs.weight equals convert's generate_extra_tensors (float32 torch), and the
+    file run with llama.cpp's conventions (frequencies divided by those factors) gives transformers'
+    logits. original_max_position_embeddings 32 with head_dim 16 puts frequencies in all three regimes."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    import math
+    d = tmp_path / "l3"
+    torch.manual_seed(1)
+    rp = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    cfg = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, rope_parameters=rp, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.normal_(0, 0.2) if prm.dim() == 2 else prm.uniform_(0.5, 1.5)
+    model.save_pretrained(d, safe_serialization=True)
+    for f in ("tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(tiny / f, d / f)
+    out = tmp_path / "l3.gguf"
+    tool("export", d, out, "f16")
+    reader = gguf.GGUFReader(out)
+    # convert_hf_to_gguf.py LlamaModel.generate_extra_tensors, as written there
+    dim = 16
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    lo_w, hi_w = 32 / 1.0, 32 / 4.0
+    factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < hi_w:
+            factors.append(1)
+        elif wavelen > lo_w:
+            factors.append(8.0)
+        else:
+            smooth = (32 / wavelen - 1.0) / (4.0 - 1.0)
+            factors.append(1 / ((1 - smooth) / 8.0 + smooth))
+    want = torch.tensor(factors, dtype=torch.float32).numpy()
+    t = next(t for t in reader.tensors if t.name == "rope_freqs.weight")
+    assert t.tensor_type.name == "F32"
+    np.testing.assert_allclose(np.asarray(t.data), want, rtol=2e-7)
+    assert len(set(np.round(want, 4))) > 2  # three regimes: 1, smoothed, 8
+    with torch.no_grad():
+        for prm in model.parameters():
+            if prm.dim() == 2:
+                prm.copy_(prm.half().float())
+    model.config._attn_implementation = "eager"
+    ids = np.random.default_rng(0).integers(0, 512, size=40)
+    with torch.no_grad():
+        ref = model(torch.tensor(ids)[None]).logits[0].double().numpy()
+    err = np.abs(llama_cpp_forward(reader, ids) - ref).max() / np.abs(ref).max()
+    print(f"llama3 rope: max rel logit error {err:.2e}")
+    assert err < 1e-5

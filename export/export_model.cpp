@@ -1,5 +1,6 @@
 #include "export/export_model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <iostream>
@@ -9,6 +10,7 @@
 #include "data/io/atomic_file.h"
 #include "data/io/gptq_format.h"
 #include "data/io/model_writer.h"
+#include "data/io/safetensors.h"
 #include "data/tokenizer/tokenizer.h"
 #include "export/calibration.h"
 #include "export/export_report.h"
@@ -23,16 +25,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-nlohmann::ordered_json read_json(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) throw InputError(file.string() + ": cannot open");
-  try {
-    return nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(file.string() + ": not valid JSON: " + e.what());
-  }
-}
 
 GptqSettings gptq_settings(const ExportSection& e) {
   GptqSettings s;
@@ -75,56 +67,69 @@ class Exporter {
     report_.out = out;
     report_.model_dir = job_.model_dir;
     report_.adapter_dir = job_.adapter_dir;
+    // Everything that can be refused is refused before any work: an export that takes an hour must not
+    // fail at the last step.
+    check_output(out);
+    const ModelConfig mc = parse_model_config(job_.model_dir / "config.json");
+    calib_len_ = within_context("calib_len", e.calib_len, mc);
+    eval_len_ = within_context("eval_len", e.eval_len, mc);
     report_.settings = settings_json();
-    // Refused before any work: an export that takes an hour must not fail at the last step.
-    if (fs::exists(out) && !fs::is_empty(out) && !job_.overwrite)
-      throw UsageError(out.string() + " already exists and is not empty; choose another --out, remove it, or pass --overwrite");
-    tok_ = load_tokenizer(job_.model_dir);
     load_data();
-
-    auto t = Clock::now();
-    LlamaModel model = load_trained();
-    phase("load base + adapter", t);
-    ModelDirContents c;
-    c.config = read_json(job_.model_dir / "config.json");
-    c.config.erase("quantization_config");  // a bnb-4bit base is written dequantized
-    c.config["torch_dtype"] = ops::dtype_name(written_dtype(e));
-    c.copy_files_from = job_.model_dir;
-    c.max_shard_bytes = job_.max_shard_bytes;
-    c.overwrite = job_.overwrite;
-    if (e.format == ExportFormat::kGptq) {
-      const CalibrationSet calib = calibration();
-      report_.calib_source = calib.source;
-      report_.calib_samples = static_cast<int64_t>(calib.ids.size());
-      report_.calib_tokens = calib.tokens();
-      say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) + " calibration sequences (" +
-          std::to_string(report_.calib_tokens) + " tokens) from " + calib.source);
-      warn_unservable_groups(model);
-      QuantizedModel q = quantize_model(model, calib, gptq_settings(e), QuantMethod::kGptq, progress_);
-      phase("calibration passes", q.calibrate_seconds);
-      phase("GPTQ", q.quantize_seconds);
-      report_.merges = q.merges;
-      report_.linears = q.linears;
-      c.tensors = unquantized_tensors(model, written_dtype(e));
-      // The linears are stored packed only (their dense dequantized form stays in memory for the report).
-      model.for_each_linear([&](const std::string& name, const Linear&) { c.tensors.erase(name + ".weight"); });
-      for (auto& [name, tensor] : q.packed) c.tensors[name] = tensor;
-      c.config["quantization_config"] = gptq_quantization_config(gptq_settings(e));
-      c.extra_files["quantize_config.json"] = gptq_quantization_config(gptq_settings(e)).dump(2) + "\n";
-    } else {
-      t = Clock::now();
-      report_.merges = merge_adapters(model);
-      phase("merge", t);
-      c.tensors = unquantized_tensors(model, written_dtype(e));
+    if (e.report && !e.eval_text.empty()) {
+      windows_ = make_windows(corpus_ids(tokenizer(), e.eval_text), eval_len_, eval_len_, e.eval_windows);
+      report_.eval_text = e.eval_text.string();
+      report_.eval_windows = windows_->size();
+      report_.eval_len = eval_len_;
     }
-    t = Clock::now();
-    write_model_dir(out, c);
-    phase("write", t);
+    const std::optional<CalibrationSet> calib =
+        e.format == ExportFormat::kGptq ? std::optional<CalibrationSet>(calibration()) : std::nullopt;
+
+    std::optional<LlamaModel> merged;  // kept for the report: its reference
+    {
+      auto t = Clock::now();
+      LlamaModel model = load_trained();
+      phase("load base + adapter", t);
+      ModelDirContents c;
+      c.config = read_model_config_json(job_.model_dir);
+      c.config.erase("quantization_config");  // a bnb-4bit base is written dequantized
+      set_config_dtype(c.config, ops::dtype_name(written_dtype(e)));
+      c.copy_files_from = job_.model_dir;
+      c.max_shard_bytes = job_.max_shard_bytes;
+      c.overwrite = job_.overwrite;
+      c.tensors = unquantized_tensors(model, written_dtype(e));
+      report_.bf16_bytes = bf16_bytes(model);
+      if (calib) {
+        report_.calib_source = calib->source;
+        report_.calib_samples = static_cast<int64_t>(calib->ids.size());
+        report_.calib_tokens = calib->tokens();
+        say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) +
+            " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
+        warn_unservable_groups(model);
+        QuantizedModel q = quantize_model(model, *calib, gptq_settings(e), QuantMethod::kGptq, progress_);
+        phase("calibration passes", q.calibrate_seconds);
+        phase("GPTQ", q.quantize_seconds);
+        report_.merges = q.merges;
+        report_.linears = q.linears;
+        for (auto& [name, tensor] : q.packed) c.tensors[name] = tensor;
+        c.config["quantization_config"] = gptq_quantization_config(gptq_settings(e));
+        c.extra_files["quantize_config.json"] = gptq_quantization_config(gptq_settings(e)).dump(2) + "\n";
+      } else {
+        t = Clock::now();
+        // Each merged weight is rounded once, from float32 to the written dtype.
+        report_.merges = merge_adapters(model, [&](const std::string& name, const at::Tensor& w32) {
+          c.tensors[name + ".weight"] = w32.to(at::kCPU, written_dtype(e));
+        });
+        phase("merge", t);
+      }
+      t = Clock::now();
+      write_model_dir(out, c);
+      phase("write", t);
+      if (!calib && e.report) merged.emplace(std::move(model));
+    }  // the quantized model and the written tensors are freed before the report loads its models
     report_.bytes_on_disk = weight_bytes_on_disk(out);
-    report_.bf16_bytes = bf16_bytes(model);
     say("wrote " + out.string());
 
-    if (e.report) quality(e.format == ExportFormat::kGptq ? nullptr : &model, out);
+    if (e.report) quality(std::move(merged), out);
     // The report goes in beside the committed model: the model is never held back by it, and a crash
     // here leaves a complete model without its report, never a half-written one.
     const nlohmann::ordered_json j = report_json(report_);
@@ -142,13 +147,47 @@ class Exporter {
     return job_.run_dir / (e.format == ExportFormat::kGptq ? "export-gptq" : "export-merged");
   }
 
+  // `out` must be a directory to be (or an empty one, or any with --overwrite) and must not hold any
+  // input: --overwrite replaces it whole.
+  void check_output(const fs::path& out) const {
+    if (fs::exists(out) && !fs::is_directory(out)) throw UsageError(out.string() + " exists and is not a directory");
+    if (fs::exists(out) && !fs::is_empty(out) && !job_.overwrite)
+      throw UsageError(out.string() + " already exists and is not empty; choose another --out, remove it, or pass --overwrite");
+    const fs::path o = fs::weakly_canonical(fs::absolute(out));
+    const fs::path calib = job_.settings.calib == "recipe" ? fs::path() : fs::path(job_.settings.calib);
+    for (const fs::path& input : {job_.model_dir, job_.adapter_dir, job_.run_dir, calib, job_.settings.eval_text}) {
+      if (input.empty()) continue;
+      const fs::path in = fs::weakly_canonical(fs::absolute(input));
+      const auto [oe, ie] = std::mismatch(o.begin(), o.end(), in.begin(), in.end());
+      if (oe == o.end())
+        throw UsageError("--out " + out.string() + " holds the input " + input.string() + ", which writing the export would destroy");
+    }
+    std::error_code ec;
+    fs::create_directories(o.parent_path(), ec);
+    if (ec) throw UsageError("--out " + out.string() + ": cannot create " + o.parent_path().string() + ": " + ec.message());
+  }
+
+  // Calibration and evaluation windows longer than the model's context would run RoPE at positions it
+  // never saw: shortened to max_position_embeddings, with a note.
+  int64_t within_context(const char* key, int64_t len, const ModelConfig& mc) const {
+    if (len <= mc.max_position_embeddings) return len;
+    say(std::string(key) + " " + std::to_string(len) + " is past the model's max_position_embeddings (" +
+        (job_.model_dir / "config.json").string() + "): using " + std::to_string(mc.max_position_embeddings));
+    return mc.max_position_embeddings;
+  }
+
+  const Tokenizer& tokenizer() {
+    if (!tok_) tok_ = load_tokenizer(job_.model_dir);
+    return *tok_;
+  }
+
   nlohmann::ordered_json settings_json() const {
     const ExportSection& e = job_.settings;
     nlohmann::ordered_json j{{"dtype", ops::dtype_name(written_dtype(e))}};
     if (e.format == ExportFormat::kGptq)
       j.update({{"bits", e.bits}, {"group_size", e.group_size}, {"sym", e.sym}, {"desc_act", e.desc_act},
                 {"static_groups", e.static_groups}, {"damp", e.damp}, {"true_sequential", e.true_sequential},
-                {"calib", e.calib}, {"calib_samples", e.calib_samples}, {"calib_len", e.calib_len},
+                {"calib", e.calib}, {"calib_samples", e.calib_samples}, {"calib_len", calib_len_},
                 {"calib_trained_only", e.calib_trained_only}});
     if (job_.base_quant)
       j["base"] = std::string(job_.base_quant->type == ops::QuantType::kNF4 ? "nf4" : "fp4") + ", blocksize " +
@@ -193,15 +232,15 @@ class Exporter {
     if (!job_.run) return;
     DataConfig d = job_.run->data;
     if (d.cache_dir.empty()) d.cache_dir = job_.run_dir / "cache";
-    data_ = build_dataset(d, *tok_, job_.model_dir, nullptr);
+    data_ = build_dataset(d, tokenizer(), job_.model_dir, nullptr);
     data_config_ = d;
   }
 
-  CalibrationSet calibration() const {
+  CalibrationSet calibration() {
     const ExportSection& e = job_.settings;
     CalibrationOptions o;
     o.samples = e.calib_samples;
-    o.length = e.calib_len;
+    o.length = calib_len_;
     o.seed = job_.run ? job_.run->training.seed : 0;
     o.trained_only = e.calib_trained_only;
     if (e.calib == "recipe") {
@@ -209,31 +248,38 @@ class Exporter {
       return calibration_from_examples(*data_.train, o, "the run's training data (" + job_.run->source.string() + ")");
     }
     if (o.trained_only) throw UsageError("--calib-trained-only needs --calib recipe (a text file has no trained tokens)");
-    return calibration_from_tokens(corpus_ids(*tok_, e.calib), o, e.calib);
+    return calibration_from_tokens(corpus_ids(tokenizer(), e.calib), o, e.calib);
   }
 
-  // Every weight but the quantized linears, in `dtype` on the CPU.
-  static std::map<std::string, at::Tensor> unquantized_tensors(const LlamaModel& m, at::ScalarType dtype) {
+  // Every weight but the linears' (embeddings, norms, lm_head, biases) in `dtype` on the CPU, cast once
+  // from the checkpoint's own tensors, not from the compute-dtype copies the model holds.
+  std::map<std::string, at::Tensor> unquantized_tensors(const LlamaModel& m, at::ScalarType dtype) const {
+    const auto ckpt = safetensors::Checkpoint::open(job_.model_dir);
+    std::vector<std::string> linears;
+    m.for_each_linear([&](const std::string& name, const Linear&) { linears.push_back(name + ".weight"); });
     std::map<std::string, at::Tensor> out;
-    for (auto& [name, t] : m.state_tensors()) out[name] = t.to(at::kCPU, dtype);
+    for (auto& [name, t] : m.state_tensors()) {
+      // A linear's weight, dense or its 4-bit pieces ("….weight.absmax", …): written by the caller.
+      if (std::any_of(linears.begin(), linears.end(), [&](const std::string& w) { return name.rfind(w, 0) == 0; })) continue;
+      out[name] = (ckpt.contains(name) ? ckpt.tensor(name) : t).to(at::kCPU, dtype);
+    }
     return out;
   }
+  // The model's parameters in bf16: what the export's size is compared with.
   static uint64_t bf16_bytes(const LlamaModel& m) {
     uint64_t n = 0;
-    for (auto& [name, t] : m.state_tensors()) n += static_cast<uint64_t>(t.numel());
+    for (auto& [name, t] : m.state_tensors())
+      if (name.find(".weight.") == std::string::npos) n += static_cast<uint64_t>(t.numel());  // not 4-bit side tensors
+    m.for_each_linear([&](const std::string&, const Linear& l) {
+      if (l.qweight) n += static_cast<uint64_t>(l.shape()[0] * l.shape()[1]);
+    });
     return 2 * n;
   }
 
   // The report's table: each model on the same windows, KL against the merged model.
-  void quality(const LlamaModel* merged_in_memory, const fs::path& out) {
+  void quality(std::optional<LlamaModel> merged, const fs::path& out) {
     const ExportSection& e = job_.settings;
-    std::optional<TextWindows> windows;
-    if (!e.eval_text.empty()) {
-      windows = make_windows(corpus_ids(*tok_, e.eval_text), e.eval_len, e.eval_len, e.eval_windows);
-      report_.eval_text = e.eval_text.string();
-      report_.eval_windows = windows->size();
-      report_.eval_len = e.eval_len;
-    }
+    const std::optional<TextWindows>& windows = windows_;
     const bool heldout = data_.eval && data_.eval->size() > 0;
     report_.heldout_examples = heldout ? data_.eval->size() : 0;
     if (!windows && !heldout) {
@@ -242,12 +288,11 @@ class Exporter {
     }
     const auto t0 = Clock::now();
     // The reference: the exact merge (float32 math, kept in the compute dtype).
-    std::optional<LlamaModel> merged_storage;
-    if (!merged_in_memory) {
-      merged_storage.emplace(load_trained());
-      merge_adapters(*merged_storage);
+    if (!merged) {
+      merged.emplace(load_trained());
+      merge_adapters(*merged);
     }
-    const LlamaModel& ref = merged_in_memory ? *merged_in_memory : *merged_storage;
+    const LlamaModel& ref = *merged;
     auto measure = [&](const std::string& name, const LlamaModel& m, std::optional<uint64_t> bytes) {
       ModelQuality q{name};
       if (windows) q.text = window_nll(m, *windows, 1, &ref);
@@ -284,7 +329,9 @@ class Exporter {
 
   const ExportJob& job_;
   const Progress& progress_;
-  std::unique_ptr<Tokenizer> tok_;
+  std::unique_ptr<Tokenizer> tok_;  // loaded when first needed: a model directory without one still exports
+  int64_t calib_len_ = 0, eval_len_ = 0;  // the settings', within the model's context
+  std::optional<TextWindows> windows_;   // the report's text windows, made before any work
   TokenizedDataset data_;
   DataConfig data_config_;
   ExportReport report_;

@@ -109,11 +109,17 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int64_t>& pro
   GenerateResult out;
   std::mt19937_64 rng(c.sampling.seed);
   const auto nprompt = static_cast<int64_t>(prompt.size());
-  KvCache cache(model.config(), 1, model.dtype(), model.device(), nprompt + c.max_new_tokens);
   if (c.max_new_tokens == 0) return out;
+  // Room for the prompt and a first stretch of tokens; the cache doubles when a long answer needs more
+  // (reserving max_new_tokens up front would cost its full size even when EOS comes after ten tokens).
+  KvCache cache(model.config(), 1, model.dtype(), model.device(), nprompt + std::min<int64_t>(c.max_new_tokens, 256));
   // [vocab]: the logits of the last position; the whole prompt in one block (the prefill).
   at::Tensor logits = model.forward_cached(at::tensor(prompt, at::kLong).view({1, nprompt}), cache, ctx)[0][-1];
   for (int64_t i = 0; i < c.max_new_tokens; ++i) {
+    // Non-finite logits (float16 overflow, a broken checkpoint) have no next token: say so at this step.
+    if (!at::isfinite(logits).all().item<bool>())
+      throw InputError("generate: the model's logits are not finite at new token " + std::to_string(i) + " (in " +
+                       c10::toString(model.dtype()) + "): try --dtype float32 or bfloat16");
     const int64_t tok = next_token(logits, c.sampling, rng);
     out.tokens.push_back(tok);
     if (on_token) on_token(tok);

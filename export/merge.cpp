@@ -15,19 +15,25 @@ at::Tensor merged_weight(const Linear& l, MergeLayerStat* stat) {
   return w.add_(delta);
 }
 
-MergeLayerStat merge_linear(const std::string& name, Linear& l, at::ScalarType dtype) {
+namespace {
+MergeLayerStat merge_into(const std::string& name, Linear& l, at::ScalarType dtype, const MergedWeightSink& sink) {
   MergeLayerStat stat{name};
-  l.weight = merged_weight(l, &stat).to(dtype);
+  const at::Tensor w32 = merged_weight(l, &stat);
+  if (sink) sink(name, w32);
+  l.weight = w32.to(dtype);
   l.qweight.reset();
   l.lora.reset();
   return stat;
 }
+}  // namespace
 
-std::vector<MergeLayerStat> merge_adapters(LlamaModel& model) {
+MergeLayerStat merge_linear(const std::string& name, Linear& l, at::ScalarType dtype) { return merge_into(name, l, dtype, {}); }
+
+std::vector<MergeLayerStat> merge_adapters(LlamaModel& model, const MergedWeightSink& sink) {
   std::vector<MergeLayerStat> stats;
   model.for_each_linear([&](const std::string& name, Linear& l) {
     const bool adapted = static_cast<bool>(l.lora);
-    MergeLayerStat s = merge_linear(name, l, model.dtype());
+    MergeLayerStat s = merge_into(name, l, model.dtype(), sink);
     if (adapted) stats.push_back(s);
   });
   return stats;

@@ -5,6 +5,7 @@
 // only rounding, done once by the writer.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -31,9 +32,13 @@ at::Tensor merged_weight(const Linear& l, MergeLayerStat* stat = nullptr);
 // 4-bit state, no adapter. The bias is kept (PEFT's LoRA never trains it: bias "none").
 MergeLayerStat merge_linear(const std::string& name, Linear& l, at::ScalarType dtype);
 
+// Called with each linear's merged weight in float32 [out, in], before it is rounded to the model dtype:
+// a writer rounds it once, straight to the written dtype.
+using MergedWeightSink = std::function<void(const std::string& name, const at::Tensor& w32)>;
+
 // Merges every decoder-layer linear of `model` into dense weights of the model's dtype, one at a time
 // (never more than one extra float32 weight alive), in module order. Returns one stat per linear that
 // had an adapter.
-std::vector<MergeLayerStat> merge_adapters(LlamaModel& model);
+std::vector<MergeLayerStat> merge_adapters(LlamaModel& model, const MergedWeightSink& sink = {});
 
 }  // namespace qtrain

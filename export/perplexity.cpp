@@ -153,8 +153,18 @@ NllResult window_nll(const LlamaModel& model, const TextWindows& w, int64_t batc
   res.tokens = tokens;
   res.nll = nll_sum.item<double>() / static_cast<double>(tokens);
   res.ppl = std::exp(res.nll);
-  // KL ≥ 0; a model identical to its reference sums float32 rounding of either sign to about ±1e-9.
-  if (reference) res.kl = std::max(0.0, kl_sum.item<double>() / static_cast<double>(tokens));
+  // A non-finite NLL (logits that overflowed, e.g. float16 activations) is not a measurement.
+  if (!std::isfinite(res.nll))
+    throw InputError("the model's logits are not finite on these windows (NLL " + std::to_string(res.nll) + " in " +
+                     c10::toString(model.dtype()) + "): evaluate in float32 or bfloat16");
+  if (reference) {
+    const double kl = kl_sum.item<double>() / static_cast<double>(tokens);
+    // KL ≥ 0; a model identical to its reference sums float32 rounding of either sign to about ±1e-9.
+    res.kl = kl > -1e-6 ? std::max(0.0, kl) : kl;
+    if (!std::isfinite(res.kl))
+      throw InputError("the reference model's logits are not finite on these windows (KL " + std::to_string(kl) + " in " +
+                       c10::toString(reference->dtype()) + "): evaluate in float32 or bfloat16");
+  }
   return res;
 }
 

@@ -6,6 +6,7 @@
 #include "data/error.h"
 #include "data/io/gptq_format.h"
 #include "export/gptq.h"
+#include "trainer/model/linear_modules.h"
 
 namespace qtrain {
 namespace {
@@ -30,14 +31,12 @@ const std::vector<SubLayer>& sublayers() {
   return groups;
 }
 
-const char* linear_name(const DecoderLayer& l, const Linear* p) {
-  if (p == &l.q) return "self_attn.q_proj";
-  if (p == &l.k) return "self_attn.k_proj";
-  if (p == &l.v) return "self_attn.v_proj";
-  if (p == &l.o) return "self_attn.o_proj";
-  if (p == &l.gate) return "mlp.gate_proj";
-  if (p == &l.up) return "mlp.up_proj";
-  return "mlp.down_proj";
+// "self_attn.q_proj" … of each linear of `l`, by address (DecoderLayer::linears() is in kLinearModules order).
+std::map<const Linear*, std::string> linear_paths(DecoderLayer& l) {
+  std::map<const Linear*, std::string> paths;
+  const auto linears = l.linears();
+  for (size_t j = 0; j < linears.size(); ++j) paths[linears[j]] = std::string(kLinearModules[j].path);
+  return paths;
 }
 
 // Calibration sequences run as batches of equal length (no padding, so attention is exactly each
@@ -82,10 +81,11 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
   for (int64_t i = 0; i < model.num_layers(); ++i) {
     DecoderLayer& layer = model.layer(i);
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
+    const std::map<const Linear*, std::string> paths = linear_paths(layer);
     // Merge this layer only: the full-precision weights GPTQ starts from, float32.
     std::map<const Linear*, at::Tensor> w32;
     for (Linear* l : layer.linears()) {
-      MergeLayerStat stat{prefix + linear_name(layer, l)};
+      MergeLayerStat stat{prefix + paths.at(l)};
       w32[l] = merged_weight(*l, &stat);
       if (l->lora) out.merges.push_back(stat);
       l->weight = w32[l].to(model.dtype());
@@ -111,7 +111,7 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
       for (auto member : g.linears) {
         Linear& l = layer.*member;
         const at::Tensor& W = w32.at(&l);
-        QuantizedLinearStat st{prefix + linear_name(layer, &l)};
+        QuantizedLinearStat st{prefix + paths.at(&l)};
         GptqLinear q;
         if (method == QuantMethod::kGptq) {
           GptqStats gs;

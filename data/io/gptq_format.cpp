@@ -97,6 +97,12 @@ std::map<std::string, at::Tensor> pack_gptq_v1(const std::string& prefix, const 
   t[prefix + ".qweight"] = pack_along(codes.t(), 0, q.bits);          // [in/pf, out]
   t[prefix + ".qzeros"] = pack_along(zeros - 1, 1, q.bits);           // [groups, out/pf]
   t[prefix + ".scales"] = q.scales.cpu().to(at::kHalf).contiguous();  // [groups, out]
+  // fp16 holds scales in [6e-8, 65504]: a group of weights below ~5e-7 or above ~1e6 would be stored as a
+  // zero or infinite scale, a checkpoint no reader (ours included) accepts.
+  const at::Tensor& s16 = t[prefix + ".scales"];
+  if (!at::isfinite(s16).all().item<bool>() || (s16 == 0).any().item<bool>())
+    throw UsageError(prefix + ".scales: a group's scale is out of float16's range (weights of magnitude below ~5e-7 "
+                     "or above ~1e6); this layer cannot be stored as GPTQ");
   t[prefix + ".g_idx"] = g.to(at::kInt).contiguous();                 // [in]
   return t;
 }
@@ -158,10 +164,7 @@ GptqLinear unpack_gptq_v1(const TensorGetter& get, const std::string& source, co
 GptqLinear unpack_gptq_v1(const safetensors::Checkpoint& ckpt, const std::string& prefix, int64_t out, int64_t in,
                           int bits, int64_t group_size) {
   // Name the file that holds the linear (its qweight) in errors; the directory if it is absent.
-  std::string source = ckpt.dir().string();
-  if (ckpt.contains(prefix + ".qweight"))
-    for (const fs::path& f : ckpt.files())
-      if (safetensors::File::open(f)->contains(prefix + ".qweight")) source = f.string();
+  const std::string source = ckpt.file_of(prefix + ".qweight").string();
   const TensorGetter get = [&](const std::string& name) {
     return ckpt.contains(name) ? ckpt.tensor(name) : at::Tensor();
   };

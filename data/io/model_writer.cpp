@@ -1,5 +1,7 @@
 #include "data/io/model_writer.h"
 
+#include <fstream>
+
 #include "data/io/atomic_file.h"
 #include "data/error.h"
 #include "data/io/safetensors.h"
@@ -26,6 +28,22 @@ void write_model_dir(const fs::path& out, const ModelDirContents& c) {
       if (fs::exists(c.copy_files_from / f)) fs::copy_file(c.copy_files_from / f, dir.path() / f);
   for (const auto& [name, text] : c.extra_files) write_file_atomic(dir.path() / name, text);
   dir.commit();
+}
+
+nlohmann::ordered_json read_model_config_json(const fs::path& dir) {
+  const fs::path file = dir / "config.json";
+  std::ifstream in(file);
+  if (!in) throw InputError(file.string() + ": cannot open");
+  try {
+    return nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(file.string() + ": not valid JSON: " + e.what());
+  }
+}
+
+void set_config_dtype(nlohmann::ordered_json& config, const std::string& dtype_name) {
+  config["torch_dtype"] = dtype_name;
+  if (config.contains("dtype")) config["dtype"] = dtype_name;
 }
 
 uint64_t parse_byte_size(const std::string& s, const std::string& option) {

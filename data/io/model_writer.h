@@ -26,6 +26,14 @@ struct ModelDirContents {
 // accident.
 void write_model_dir(const std::filesystem::path& out, const ModelDirContents& contents);
 
+// `dir`/config.json with its keys in file order (a rewritten config keeps the original's layout).
+// Throws InputError naming the file.
+nlohmann::ordered_json read_model_config_json(const std::filesystem::path& dir);
+
+// Records `dtype` in a config.json: `torch_dtype`, and `dtype` where the config has it (transformers 5
+// writes and reads `dtype` first, so a stale one would win).
+void set_config_dtype(nlohmann::ordered_json& config, const std::string& dtype_name);
+
 // Parses sizes like "5GB", "500MB", "2GiB", "1000" (bytes). Throws UsageError naming `option`.
 uint64_t parse_byte_size(const std::string& s, const std::string& option);
 

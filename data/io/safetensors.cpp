@@ -174,6 +174,11 @@ at::Tensor Checkpoint::tensor(const std::string& name) const {
   return files_[it->second]->tensor(name);
 }
 
+const fs::path& Checkpoint::file_of(const std::string& name) const {
+  auto it = where_.find(name);
+  return it == where_.end() ? dir_ : files_[it->second]->path();
+}
+
 std::vector<fs::path> Checkpoint::files() const {
   std::vector<fs::path> out;
   for (const auto& f : files_) out.push_back(f->path());

@@ -53,6 +53,8 @@ class Checkpoint {
   const TensorInfo& info(const std::string& name) const;
   at::Tensor tensor(const std::string& name) const;          // zero-copy, CPU
   std::vector<std::filesystem::path> files() const;
+  // The shard that holds `name` (for error messages), or the directory when none does.
+  const std::filesystem::path& file_of(const std::string& name) const;
   const std::filesystem::path& dir() const { return dir_; }
 
  private:

@@ -305,6 +305,8 @@ TEST(ExportCli, BadInvocationsAreUsageErrorsAndTouchNothing) {
   const fs::path busy = dir.path / "busy";
   fs::create_directories(busy);
   { std::ofstream(busy / "keep.txt") << "mine"; }
+  fs::create_directories(dir.path / "models");
+  fs::copy(shared_model(), dir.path / "models" / "tiny", fs::copy_options::recursive);
   const Case cases[] = {
       {"export --format merged --out " + (dir.path / "o").string(), "run directory or --model"},
       {"export " + dir.path.string() + model + " --format merged --out " + (dir.path / "o").string(), "not both"},
@@ -316,13 +318,20 @@ TEST(ExportCli, BadInvocationsAreUsageErrorsAndTouchNothing) {
       {"export" + model + " --base-quant nf5 --format merged --out " + (dir.path / "o").string(), "--base-quant 'nf5'"},
       {"export" + model + " --format merged --out " + busy.string(), "--overwrite"},
       {"export " + dir.path.string() + " --format merged", "not a qtrain run directory"},
+      {"export" + model + " --format merged --out " + (busy / "keep.txt").string() + " --overwrite", "is not a directory"},
+      // --overwrite never replaces a directory holding an input (a copy of the base, never the shared data).
+      {"export --model " + (dir.path / "models" / "tiny").string() + " --format merged --overwrite --out " + (dir.path / "models").string(),
+       "holds the input"},
+      {"export" + model + " --format merged --out " + (dir.path / "o").string() + " --eval-text " + (dir.path / "none.raw").string(),
+       "none.raw"},
   };
   for (const auto& c : cases) {
     const auto r = run_qtrain(c.args);
-    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.output;
+    EXPECT_TRUE(r.code == 2 || r.code == 3) << c.args << "\n" << r.output;  // usage, or a bad input file
     EXPECT_NE(r.output.find(c.says), std::string::npos) << c.args << "\n" << r.output;
   }
   EXPECT_FALSE(fs::exists(dir.path / "o"));
+  EXPECT_TRUE(fs::exists(dir.path / "models" / "tiny" / "model.safetensors"));
   std::ifstream keep(busy / "keep.txt");
   std::string s;
   keep >> s;

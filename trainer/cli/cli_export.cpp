@@ -22,6 +22,25 @@ void place(ExportJob& job, const std::string& device, const std::string& compute
   job.compute = compute == "auto" ? (job.device.is_cuda() ? at::kBFloat16 : at::kFloat) : parse_dtype_option(compute, "compute-dtype");
 }
 
+// The recipe's choices in the spelling of the command line's options (a switch without default: a new
+// enumerator is a compile warning here, never a wrong string).
+std::string device_name(DeviceChoice d) {
+  switch (d) {
+    case DeviceChoice::kAuto: return "auto";
+    case DeviceChoice::kCpu: return "cpu";
+    case DeviceChoice::kCuda: return "cuda";
+  }
+  throw std::logic_error("unknown DeviceChoice");
+}
+std::string dtype_name(DtypeChoice d) {
+  switch (d) {
+    case DtypeChoice::kAuto: return "auto";
+    case DtypeChoice::kFloat32: return "float32";
+    case DtypeChoice::kBFloat16: return "bfloat16";
+  }
+  throw std::logic_error("unknown DtypeChoice");
+}
+
 void report_progress(const std::string& s) { std::cerr << "export: " << s << "\n"; }
 
 }  // namespace
@@ -31,9 +50,7 @@ void export_after_training(const Recipe& r) {
   // The default place is inside the run, which this run owns: a resumed run that finishes again
   // replaces its export. An explicit export.out is never replaced.
   job.overwrite = r.export_.out.empty();
-  const char* devices[] = {"auto", "cpu", "cuda"};
-  const char* dtypes[] = {"auto", "float32", "bfloat16"};
-  place(job, devices[static_cast<int>(r.training.device)], dtypes[static_cast<int>(r.training.compute_dtype)]);
+  place(job, device_name(r.training.device), dtype_name(r.training.compute_dtype));
   const ExportResult res = run_export(job, report_progress);
   std::cerr << "export: " << res.out.string() << " (report: " << (res.out / "export_report.md").string() << ")\n";
 }
@@ -55,7 +72,7 @@ int run_export(const std::vector<std::string>& args) {
       ("overwrite", "replace a non-empty --out (the old one is removed once the new one is complete)")
       ("model", po::value(&model), "base model directory (instead of RUN_DIR)")
       ("adapter", po::value(&adapter), "PEFT adapter directory to merge (with --model)")
-      ("base-quant", po::value(&base_quant)->default_value("nf4"), "with --model: how the adapter's base was quantized in training: nf4, fp4 or none")
+      ("base-quant", po::value(&base_quant), "with --model: how the base was quantized in training: nf4, fp4 or none (default: nf4 with --adapter, none without)")
       ("blocksize", po::value(&blocksize)->default_value(64), "with --model: that quantization's blocksize")
       ("no-double-quant", "with --model: that quantization had no double quantization")
       ("dtype", po::value(&dtype)->default_value(e.dtype), "unquantized weights written: auto (bfloat16 merged, float16 gptq), bfloat16, float16, float32")
@@ -106,6 +123,9 @@ int run_export(const std::vector<std::string>& args) {
     job.model_dir = model;
     job.adapter_dir = adapter;
     if (!std::filesystem::is_directory(job.model_dir)) throw UsageError("--model " + model + " is not a directory");
+    // An adapter was trained against a 4-bit base (QLoRA: NF4 unless told otherwise); a base exported
+    // alone is taken as it is stored.
+    if (base_quant.empty()) base_quant = adapter.empty() ? "none" : "nf4";
     if (base_quant == "nf4" || base_quant == "fp4") {
       if (!ops::valid_blocksize(blocksize))
         throw UsageError("--blocksize " + std::to_string(blocksize) + " must be " + ops::kBlocksizeChoices);

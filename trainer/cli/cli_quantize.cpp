@@ -16,16 +16,6 @@
 namespace qtrain::cli {
 namespace {
 
-nlohmann::ordered_json read_config(const std::filesystem::path& dir) {
-  std::ifstream in(dir / "config.json");
-  if (!in) throw InputError((dir / "config.json").string() + ": cannot open");
-  try {
-    return nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError((dir / "config.json").string() + ": not valid JSON: " + e.what());
-  }
-}
-
 // transformers writes no torch_dtype for float32 checkpoints, and "float32" or "auto" in some versions.
 at::ScalarType checkpoint_dtype(const ModelConfig& c) { return ops::parse_dtype(c.torch_dtype).value_or(at::kFloat); }
 
@@ -72,7 +62,7 @@ int run_quantize(const std::vector<std::string>& args) {
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
   ModelDirContents c;
-  c.config = read_config(dir);
+  c.config = read_model_config_json(dir);
   c.config["quantization_config"] = bnb::quantization_config(qp, compute);
   c.tensors = m.state_tensors();
   c.copy_files_from = dir;
@@ -100,9 +90,9 @@ int run_dequantize(const std::vector<std::string>& args) {
   const std::filesystem::path dir(model);
   LlamaModel m = LlamaModel::load(dir, opts);
   ModelDirContents c;
-  c.config = read_config(dir);
+  c.config = read_model_config_json(dir);
   c.config.erase("quantization_config");
-  c.config["torch_dtype"] = ops::dtype_name(opts.dtype);
+  set_config_dtype(c.config, ops::dtype_name(opts.dtype));
   c.tensors = m.state_tensors();
   m.for_each_linear([&](const std::string& name, const Linear& l) {
     if (!l.qweight) return;

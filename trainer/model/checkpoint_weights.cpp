@@ -19,14 +19,6 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// The file of the checkpoint that holds `name` (a shard, or model.safetensors). Only on error paths:
-// it maps the files again to ask each one.
-fs::path file_of(const safetensors::Checkpoint& ckpt, const std::string& name) {
-  for (const fs::path& f : ckpt.files())
-    if (safetensors::File::open(f)->contains(name)) return f;
-  return ckpt.dir();
-}
-
 class CheckpointWeights final : public WeightSource {
  public:
   CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts, std::optional<GptqSettings> gptq,
@@ -109,7 +101,7 @@ class CheckpointWeights final : public WeightSource {
       if (!bad.any().item<bool>()) throw;
       const int64_t i = bad.nonzero()[0][0].item<int64_t>();
       const int64_t cols = w.size(1);
-      throw InputError(file_of(ckpt_, name).string() + ": tensor '" + name + "' holds a non-finite value (" +
+      throw InputError(ckpt_.file_of(name).string() + ": tensor '" + name + "' holds a non-finite value (" +
                        c10::str(w.reshape({-1})[i].item<double>()) + ") at [" + std::to_string(i / cols) + ", " +
                        std::to_string(i % cols) + "]; a base weight must be finite to be quantized to 4 bits");
     }

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <string>
 
+#include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
 #include "data/error.h"
@@ -507,21 +508,26 @@ uint64_t row_bytes(GgmlType t, int64_t cols) {
 std::vector<uint8_t> quantize_rows(GgmlType t, const float* x, int64_t rows, int64_t cols) {
   const uint64_t rb = row_bytes(t, cols);
   std::vector<uint8_t> out(rb * static_cast<uint64_t>(rows));
-  // Blocks never straddle rows (cols is a multiple of the block), so the whole tensor is one long row,
-  // as ggml_quantize_chunk treats it.
-  const int64_t n = rows * cols;
-  switch (t) {
-    case GgmlType::kF32: std::memcpy(out.data(), x, out.size()); break;
-    case GgmlType::kF16:
-      for (int64_t i = 0; i < n; ++i) put_u16(out.data() + 2 * i, fp32_to_fp16(x[i]));
-      break;
-    case GgmlType::kQ5_0: quantize_q5_0(x, out.data(), n); break;
-    case GgmlType::kQ5_1: quantize_q5_1(x, out.data(), n); break;
-    case GgmlType::kQ8_0: quantize_q8_0(x, out.data(), n); break;
-    case GgmlType::kQ4_K: quantize_q4_k(x, out.data(), n); break;
-    case GgmlType::kQ5_K: quantize_q5_k(x, out.data(), n); break;
-    case GgmlType::kQ6_K: quantize_q6_k(x, out.data(), n); break;
-  }
+  // Blocks never straddle rows (cols is a multiple of the block) and each block depends on its own
+  // elements only, so rows are quantized in parallel chunks with the same bytes as one sequential pass
+  // (llama-quantize also splits into row chunks across threads).
+  at::parallel_for(0, rows, std::max<int64_t>(1, 65536 / cols), [&](int64_t r0, int64_t r1) {
+    const float* xs = x + r0 * cols;
+    uint8_t* o = out.data() + static_cast<uint64_t>(r0) * rb;
+    const int64_t n = (r1 - r0) * cols;
+    switch (t) {
+      case GgmlType::kF32: std::memcpy(o, xs, static_cast<size_t>(n) * 4); break;
+      case GgmlType::kF16:
+        for (int64_t i = 0; i < n; ++i) put_u16(o + 2 * i, fp32_to_fp16(xs[i]));
+        break;
+      case GgmlType::kQ5_0: quantize_q5_0(xs, o, n); break;
+      case GgmlType::kQ5_1: quantize_q5_1(xs, o, n); break;
+      case GgmlType::kQ8_0: quantize_q8_0(xs, o, n); break;
+      case GgmlType::kQ4_K: quantize_q4_k(xs, o, n); break;
+      case GgmlType::kQ5_K: quantize_q5_k(xs, o, n); break;
+      case GgmlType::kQ6_K: quantize_q6_k(xs, o, n); break;
+    }
+  });
   return out;
 }
 

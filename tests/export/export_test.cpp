@@ -13,6 +13,8 @@
 
 #include "data/error.h"
 #include "data/io/gptq_format.h"
+#include "data/io/model_writer.h"
+#include "data/io/safetensors.h"
 #include "export/calibration.h"
 #include "export/export_model.h"
 #include "export/merge.h"
@@ -240,6 +242,77 @@ TEST_F(QuantizeModel, SequentialAndOnePassAndRtnWithoutData) {
   EXPECT_EQ(rtn.packed.size(), seq.packed.size());
   EXPECT_EQ(rtn.linears[0].tokens, 0);
   EXPECT_THROW(quantize_model(c, CalibrationSet{}, settings(), QuantMethod::kGptq), UsageError);
+}
+
+// --- every family's tensors survive the export ----------------------------------------------------
+
+// A random model of `family` (vocabulary of the shared tokenizer, whose files are copied beside it), as a
+// model directory: Qwen2's q/k/v biases, Qwen3's q/k norms, an untied lm_head, Mistral's window.
+fs::path random_model_dir(const fs::path& dir, const std::string& model_type, const nlohmann::json& extra, uint64_t seed) {
+  nlohmann::ordered_json cfg = {{"model_type", model_type}, {"vocab_size", 512}, {"hidden_size", 64},
+                                {"intermediate_size", 96}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                                {"num_key_value_heads", 2}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
+                                {"tie_word_embeddings", false}, {"torch_dtype", "float32"}};
+  for (auto& [k, v] : extra.items()) cfg[k] = v;
+  const ModelConfig mc = parse_model_config_text(cfg.dump(), model_type);
+  const LlamaModel m = LlamaModel::random(mc, LoadOptions{}, at::make_generator<at::CPUGeneratorImpl>(seed));
+  ModelDirContents c;
+  c.config = cfg;
+  c.tensors = m.state_tensors();
+  c.copy_files_from = shared_model();  // tokenizer files
+  write_model_dir(dir, c);
+  return dir;
+}
+
+TEST(ExportFamilies, BiasesNormsAndUntiedHeadSurviveMergedAndGptq) {
+  if (!fs::exists(shared_model() / "config.json")) GTEST_SKIP() << "shared test data not found at " << shared_model();
+  const uint64_t seed = fresh_seed();
+  test_tools::ScratchDir dir("export-families");
+  const std::vector<std::pair<std::string, nlohmann::json>> families = {
+      {"qwen2", {}},                                    // q/k/v biases
+      {"qwen3", {{"head_dim", 16}}},                    // per-head q/k norms
+      {"mistral", {{"sliding_window", 8}}},             // window shorter than the calibration windows
+      {"llama", {{"attention_bias", true}}},            // biases on q, k, v, o
+  };
+  for (const auto& [type, extra] : families) {
+    SCOPED_TRACE(type);
+    const fs::path base = random_model_dir(dir.path / type, type, extra, seed);
+    const LlamaModel ref = LlamaModel::load(base, LoadOptions{});
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    const at::Tensor ids = at::randint(0, 512, {2, 24}, gen);
+    at::NoGradGuard ng;
+    const at::Tensor want = ref.forward(ids);
+
+    ExportJob job;
+    job.model_dir = base;
+    job.settings.format = ExportFormat::kMerged;
+    job.settings.dtype = "float32";
+    job.settings.report = false;
+    job.settings.out = dir.path / (type + "-merged");
+    run_export(job);
+    // No adapter, float32: the merged export is the base, bit for bit.
+    EXPECT_TRUE(at::equal(LlamaModel::load(job.settings.out, LoadOptions{}).forward(ids), want));
+
+    job.settings.format = ExportFormat::kGptq;
+    job.settings.dtype = "auto";
+    job.settings.group_size = 32;
+    job.settings.calib = (fs::path(QTRAIN_SHARED_DATA) / "corpus/wiki_demo.txt").string();
+    job.settings.calib_samples = 4;
+    job.settings.calib_len = 32;
+    job.settings.out = dir.path / (type + "-gptq");
+    run_export(job);
+    const auto ckpt = safetensors::Checkpoint::open(job.settings.out);
+    EXPECT_TRUE(ckpt.contains("lm_head.weight"));  // untied: written dense
+    EXPECT_FALSE(ckpt.contains("model.layers.0.self_attn.q_proj.weight"));
+    EXPECT_TRUE(ckpt.contains("model.layers.0.self_attn.q_proj.qweight"));
+    if (type == "qwen2") EXPECT_TRUE(ckpt.contains("model.layers.1.self_attn.v_proj.bias"));
+    if (type == "qwen3") EXPECT_TRUE(ckpt.contains("model.layers.1.self_attn.k_norm.weight"));
+    if (type == "llama") EXPECT_TRUE(ckpt.contains("model.layers.1.self_attn.o_proj.bias"));
+    // 4-bit random weights move the logits, but they stay the same function: correlation near 1.
+    const at::Tensor got = LlamaModel::load(job.settings.out, LoadOptions{}).forward(ids);
+    const double corr = at::corrcoef(at::stack({got.flatten(), want.flatten()}))[0][1].item<double>();
+    EXPECT_GT(corr, 0.9) << "a tensor lost or misplaced would decorrelate the logits";
+  }
 }
 
 // --- qtrain export end to end --------------------------------------------------------------------

@@ -23,13 +23,12 @@ namespace qtrain {
 // max(max - min, 1e-5)/15 and zero = clamp(-round(min/scale), 0, 15) (zero NOT forced into the range,
 // unlike GPTQ); without, scale = max(max|w|, 1e-5)/7, q ∈ [-8, 7] stored as q+8 with zero 8.
 // codes = clamp(round(w/scale) + zero, 0, 15), torch.round (half to even).
-// `fp16_scales`: scales rounded to fp16 before the codes are computed, so the codes are the best for
-// the scales the file stores (AutoAWQ quantizes the final weight in fp16); the search runs with fp32
-// scales (AutoAWQ's pseudo-quantization in the model dtype, fp32 here).
+// The grid is computed in fp32 (AutoAWQ's pseudo-quantization of an fp32 weight); the returned scales are
+// then rounded to fp16, the values the file stores, so dequantize() is what the checkpoint computes.
 // Returns codes [out, in] uint8, scales [groups, out] fp32, zeros [groups, out] int32, g_idx k / width.
-GptqLinear awq_quantize(const at::Tensor& W, const AwqSettings& s, bool fp16_scales = true);
-// The dequantized grid values of awq_quantize, [out, in] fp32: AutoAWQ's pseudo_quantize_tensor(w)[0].
-at::Tensor awq_fake_quantize(const at::Tensor& W, const AwqSettings& s, bool fp16_scales = false);
+GptqLinear awq_quantize(const at::Tensor& W, const AwqSettings& s);
+// The grid values with fp32 scales, [out, in] fp32: AutoAWQ's pseudo_quantize_tensor(w)[0] (the search's).
+at::Tensor awq_fake_quantize(const at::Tensor& W, const AwqSettings& s);
 
 // w_mean [in] (formats.md §6.3): the weights of the linears that share one input scale, concatenated
 // along the output dimension, |w| / (max |w| of its (row, group) + 1e-6), averaged over rows. fp32.

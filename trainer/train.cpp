@@ -23,6 +23,8 @@
 #include "trainer/model/linear_modules.h"
 #include "trainer/model/model.h"
 #include "trainer/optimizer.h"
+#include "trainer/run_data_report.h"
+#include "trainer/run_report.h"
 #include "trainer/step.h"
 #include "trainer/stop_signal.h"
 
@@ -150,6 +152,7 @@ class Trainer {
     if (opts_.resume) resume_from = checkpoints_.resolve_resume(*opts_.resume);
     else checkpoints_.require_empty();
     if (ranks_->is_main()) write_file_atomic(out_ / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
+    if (ranks_->is_main()) write_data_report(out_ / "data_report.json", report, data_.train.get());
 
     LoadOptions lo;
     lo.dtype = place_.compute;
@@ -363,6 +366,7 @@ class Trainer {
                  std::to_string(100 * *result_.eval_acc_last).substr(0, 5) + "%";
     summary += "\n  adapter (PEFT): " + (out_ / "adapter").string();
     log_->message(summary);
+    if (r_.logging.report && ranks_->is_main()) log_->message(write_run_report_at_end(out_));
     return result_;
   }
 
@@ -370,6 +374,7 @@ class Trainer {
     if (saved_step_ != step_ && step_ > 0) save();  // before the first step there is nothing to save
     log_->message("stopped by signal " + std::to_string(stop.signal()) + " at step " + std::to_string(step_) +
                   "; resume with: qtrain train " + r_.source.string() + " --resume");
+    if (r_.logging.report && ranks_->is_main()) log_->message(write_run_report_at_end(out_));
     result_.interrupted = true;
     result_.steps = step_;
     return result_;

@@ -30,6 +30,7 @@ const Verb kVerbs[] = {
     {"export", run_export, "merge a run's adapter into its base and write a merged or GPTQ 4-bit model with a quality report"},
     {"eval", run_eval, "perplexity / mean token NLL of a model directory (dense, bnb-4bit, GPTQ) on a text or instruction dataset"},
     {"generate", run_generate, "generate text with a model directory (and adapter), KV-cached, greedy or sampled"},
+    {"report", run_report, "write a run's self-contained HTML report: curves, summary, data report, exports' quality"},
     {"data", run_data, "preview or count a dataset as a recipe tokenizes it: qtrain data preview|stats RECIPE"},
 };
 

@@ -25,6 +25,7 @@ int run_data(const std::vector<std::string>& args);
 int run_export(const std::vector<std::string>& args);
 int run_eval(const std::vector<std::string>& args);
 int run_generate(const std::vector<std::string>& args);
+int run_report(const std::vector<std::string>& args);
 
 // The recipe's export section, run when training has finished (cli_export.cpp).
 void export_after_training(const Recipe& r);

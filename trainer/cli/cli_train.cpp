@@ -7,6 +7,7 @@
 #include "trainer/cli/cli_options.h"
 #include "trainer/cli/quickstart_model.h"
 #include "trainer/config.h"
+#include "trainer/run_report.h"
 #include "trainer/train.h"
 
 namespace qtrain::cli {
@@ -39,7 +40,10 @@ int run_train(const std::vector<std::string>& args) {
   o.dry_run = vm->count("dry-run") > 0;
   if (vm->count("resume")) o.resume = resume.empty() ? r.output_dir : std::filesystem::path(resume);
   const TrainResult res = train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
-  if (!o.dry_run && !res.interrupted && r.export_.format != ExportFormat::kNone) export_after_training(r);
+  if (!o.dry_run && !res.interrupted && r.export_.format != ExportFormat::kNone) {
+    export_after_training(r);
+    if (r.logging.report) std::cerr << write_run_report_at_end(r.output_dir) << "\n";  // again, with the export's quality table
+  }
   return 0;
 }
 

@@ -3,6 +3,8 @@
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <charconv>
+#include <chrono>
+#include <thread>
 #include <cstdlib>
 #include <vector>
 
@@ -139,6 +141,21 @@ c10::Device local_cuda_device(const std::optional<LaunchEnv>& env, int64_t visib
 c10::Device rank_cuda_device() {
   const auto* impl = c10::impl::getDeviceGuardImpl(c10::kCUDA);
   return local_cuda_device(read_launch_env(), impl->deviceCount());
+}
+
+bool launched_as_rank0(const EnvLookup& env) {
+  const auto e = read_launch_env(env);
+  return !e || e->rank == 0;
+}
+
+void wait_for_path(const std::filesystem::path& path, double timeout_s, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+  while (!std::filesystem::exists(path)) {
+    if (std::chrono::steady_clock::now() > deadline)
+      throw UsageError("waited " + std::to_string(static_cast<int64_t>(timeout_s)) + " s (distributed.timeout) for " + what + " at " +
+                       path.string() + ": did rank 0 fail, or is it on another node without a shared file system?");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 }  // namespace qtrain

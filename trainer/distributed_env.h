@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
@@ -47,5 +48,12 @@ c10::Device local_cuda_device(const std::optional<LaunchEnv>& env, int64_t visib
 
 // local_cuda_device for this process (its environment, the CUDA devices it sees).
 c10::Device rank_cuda_device();
+
+// Before the ranks connect (the quickstart's model is made before training starts), rank 0 of the
+// launch, or a process without a launcher, makes shared files and the others wait for them.
+bool launched_as_rank0(const EnvLookup& env = process_env);
+// Polls until `path` exists (written atomically by rank 0, so complete once it exists); UsageError
+// naming `what` after timeout_s (on several nodes the directory must be on a shared file system).
+void wait_for_path(const std::filesystem::path& path, double timeout_s, const std::string& what);
 
 }  // namespace qtrain

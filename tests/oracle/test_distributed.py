@@ -143,12 +143,19 @@ def adapter_tensors(out: Path):
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
+def two_ranks(ws):
+    """The reference 2-rank run (6 steps, k 1), made once per module."""
+    out = ws.root / "two_k1"
+    if not (out / "adapter").exists():
+        r = torchrun(ws, 2, ws.recipe("two_k1"))
+        assert "data parallel: 2 ranks (torchrun, gloo" in r.stderr
+    return out
+
+
 def test_two_ranks_train_exactly_like_one_process_with_the_same_global_batch(ws):
     one = ws.recipe("one_k2")
     single(ws, one, "training.gradient_accumulation=2")
-    two = ws.recipe("two_k1")
-    r = torchrun(ws, 2, two)
-    assert "data parallel: 2 ranks (torchrun, gloo" in r.stderr
+    two_ranks(ws)
     a, b = records(ws.root / "one_k2"), records(ws.root / "two_k1")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for s in a:
@@ -170,7 +177,7 @@ def test_uneven_ranks_are_weighted_by_tokens_not_by_rank(ws):
     m0, t0 = p[1]["loss"], p[1]["tokens"]
     m1, t1 = p[2]["loss"], p[2]["tokens"] - p[1]["tokens"]
     assert t0 != t1, f"both ranks have {t0} target tokens: the data does not exercise the weighting"
-    two = records(ws.root / "two_k1")  # from the test above (module order)
+    two = records(two_ranks(ws))
     weighted = (m0 * t0 + m1 * t1) / (t0 + t1)
     per_rank_mean = (m0 + m1) / 2
     print(f"rank 0: {t0} tokens mean {m0:.6f}; rank 1: {t1} tokens mean {m1:.6f}; "
@@ -344,3 +351,19 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(ws):
     assert len(cks) == 1 and (cks[0] / "ranks.safetensors").exists()
     step = int(cks[0].name.split("-")[1])
     assert max(records(ws.root / "sigterm")) == step
+
+
+def test_slurm_variables_launch_the_same_ranks(ws):
+    """`srun qtrain RECIPE`: no torchrun variables; rank, size and rank 0's host come from SLURM_*."""
+    rec = ws.recipe("slurm")
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = env1(SLURM_PROCID=rank, SLURM_NTASKS=2, SLURM_LOCALID=rank, SLURM_NTASKS_PER_NODE=2,
+                   SLURM_JOB_NODELIST="localhost", MASTER_PORT=port)
+        procs.append(subprocess.Popen([str(ws.binary), str(rec), "--set", "training.max_steps=2"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, env=env))
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert f"data parallel: 2 ranks (slurm, gloo, rendezvous localhost:{port}" in errs[0]
+    assert records(ws.root / "slurm")[2]["loss"] == records(two_ranks(ws))[2]["loss"]

@@ -7,6 +7,7 @@
 #include "trainer/cli/cli_options.h"
 #include "trainer/cli/quickstart_model.h"
 #include "trainer/config.h"
+#include "trainer/distributed_env.h"
 #include "trainer/run_report.h"
 #include "trainer/train.h"
 
@@ -33,14 +34,18 @@ int run_train(const std::vector<std::string>& args) {
     return 0;
   }
   if (r.model.create_if_missing && !std::filesystem::exists(r.model.path)) {
-    std::cerr << "quickstart: creating a small Llama and its tokenizer in " << r.model.path << "\n";
-    create_quickstart_model(r.model.path, r.data, r.training.seed);
+    if (launched_as_rank0()) {  // under torchrun / srun the other ranks wait for rank 0's model
+      std::cerr << "quickstart: creating a small Llama and its tokenizer in " << r.model.path << "\n";
+      create_quickstart_model(r.model.path, r.data, r.training.seed);
+    } else {
+      wait_for_path(r.model.path, r.distributed.timeout, "the quickstart model rank 0 creates");
+    }
   }
   TrainOptions o;
   o.dry_run = vm->count("dry-run") > 0;
   if (vm->count("resume")) o.resume = resume.empty() ? r.output_dir : std::filesystem::path(resume);
   const TrainResult res = train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
-  if (!o.dry_run && !res.interrupted && r.export_.format != ExportFormat::kNone) {
+  if (!o.dry_run && !res.interrupted && launched_as_rank0() && r.export_.format != ExportFormat::kNone) {
     export_after_training(r);
     if (r.logging.report) std::cerr << write_run_report_at_end(r.output_dir) << "\n";  // again, with the export's quality table
   }

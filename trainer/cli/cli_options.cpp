@@ -5,6 +5,7 @@
 
 #include "data/error.h"
 #include "ops/dtype_names.h"
+#include "trainer/cli/cli_examples.h"
 
 namespace qtrain::cli {
 
@@ -26,6 +27,7 @@ std::optional<po::variables_map> parse_verb(const std::vector<std::string>& args
   }
   if (vm.count("help")) {
     std::cout << "usage: " << spec.usage << "\n\n" << spec.options << "\n";
+    if (const std::string example = verb_example(spec.usage); !example.empty()) std::cout << "example:\n  " << example << "\n";
     return std::nullopt;
   }
   po::notify(vm);

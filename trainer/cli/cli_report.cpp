@@ -12,10 +12,7 @@ namespace qtrain::cli {
 
 int run_report(const std::vector<std::string>& args) {
   VerbSpec spec;
-  spec.usage =
-      "qtrain report RUN_DIR [--out FILE.html]\n\n"
-      "example:\n  qtrain report runs/quickstart                # writes runs/quickstart/report.html\n"
-      "  qtrain report runs/quickstart --out /tmp/r.html && chromium /tmp/r.html";
+  spec.usage = "qtrain report RUN_DIR [--out FILE.html]";
   std::string dir, out;
   spec.options.add_options()("out", po::value(&out), "where to write the page (default: RUN_DIR/report.html)");
   spec.hidden.add_options()("run-dir", po::value(&dir)->required(), "run directory");

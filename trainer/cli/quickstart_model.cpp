@@ -13,6 +13,12 @@
 #include "data/io/safetensors.h"
 #include "trainer/model/model.h"
 
+// Exported by libsentencepiece (declared in its common.h, which is not an installed header).
+namespace sentencepiece::logging {
+int GetMinLogLevel();
+void SetMinLogLevel(int v);
+}  // namespace sentencepiece::logging
+
 namespace qtrain {
 namespace fs = std::filesystem;
 
@@ -58,7 +64,11 @@ void create_quickstart_model(const fs::path& dir, const DataConfig& data, uint64
                            " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=3 --pad_piece=<pad>"
                            " --split_digits=true --add_dummy_prefix=true --remove_extra_whitespaces=false"
                            " --num_threads=1 --minloglevel=2";
+  // Train() logs "Running command: ..." at INFO before it parses --minloglevel: lower the level first.
+  const int log_level = sentencepiece::logging::GetMinLogLevel();
+  sentencepiece::logging::SetMinLogLevel(2);
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  sentencepiece::logging::SetMinLogLevel(log_level);
   if (!status.ok()) throw std::runtime_error("quickstart: training the tokenizer failed: " + status.ToString());
   fs::remove(tmp / "tokenizer.vocab");
   fs::remove(corpus);

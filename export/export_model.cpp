@@ -12,7 +12,12 @@
 #include "data/io/model_writer.h"
 #include "data/io/safetensors.h"
 #include "data/tokenizer/tokenizer.h"
+#include "data/io/awq_format.h"
+#include "export/awq.h"
+#include "export/awq_model.h"
 #include "export/calibration.h"
+#include "export/gguf_export.h"
+#include "export/gguf_readback.h"
 #include "export/export_report.h"
 #include "export/perplexity.h"
 #include "ops/dtype_names.h"
@@ -38,13 +43,37 @@ GptqSettings gptq_settings(const ExportSection& e) {
   return s;
 }
 
+AwqSettings awq_settings(const ExportSection& e) {
+  AwqSettings s;
+  s.bits = static_cast<int>(e.bits);
+  s.group_size = e.group_size;
+  s.zero_point = e.zero_point;
+  return s;
+}
+
+bool quantized_format(ExportFormat f) { return f == ExportFormat::kGptq || f == ExportFormat::kAwq; }
+
+std::string format_name(ExportFormat f) {
+  switch (f) {
+    case ExportFormat::kNone: return "none";
+    case ExportFormat::kMerged: return "merged";
+    case ExportFormat::kGptq: return "gptq";
+    case ExportFormat::kAwq: return "awq";
+    case ExportFormat::kGguf: return "gguf";
+  }
+  throw std::logic_error("unknown ExportFormat");
+}
+
 // The dtype of every weight written unquantized (embeddings, norms, lm_head, biases, merged linears).
+// GPTQ and AWQ kernels take fp16 activations (Marlin also bf16; the exllama and AWQ GEMM kernels fp16 only).
 at::ScalarType written_dtype(const ExportSection& e) {
-  if (e.dtype == "auto") return e.format == ExportFormat::kGptq ? at::kHalf : at::kBFloat16;
+  if (e.dtype == "auto") return quantized_format(e.format) ? at::kHalf : at::kBFloat16;
   return *ops::parse_dtype(e.dtype);  // validated by validate_export_section
 }
 
 std::string quant_label(const ExportSection& e, const char* method) {
+  if (e.format == ExportFormat::kAwq)
+    return std::string(method) + " w4 g" + std::to_string(e.group_size) + (e.zero_point ? "" : " sym");
   return std::string(method) + " w" + std::to_string(e.bits) + " g" + std::to_string(e.group_size) + (e.sym ? "" : " asym") +
          (e.desc_act ? " act-order" : "");
 }
@@ -52,8 +81,15 @@ std::string quant_label(const ExportSection& e, const char* method) {
 uint64_t weight_bytes_on_disk(const fs::path& dir) {
   uint64_t n = 0;
   for (const auto& f : fs::directory_iterator(dir))
-    if (f.path().extension() == ".safetensors") n += fs::file_size(f.path());
+    if (f.path().extension() == ".safetensors" || f.path().extension() == ".gguf") n += fs::file_size(f.path());
   return n;
+}
+
+// The GGUF file's name inside the exported directory: "<model dir name>-<type>.gguf", as llama.cpp's
+// tools name their outputs.
+std::string gguf_file_name(const fs::path& model_dir, const std::string& type) {
+  const fs::path m = fs::weakly_canonical(fs::absolute(model_dir));
+  return (m.filename().empty() ? std::string("model") : m.filename().string()) + "-" + type + ".gguf";
 }
 
 class Exporter {
@@ -63,7 +99,7 @@ class Exporter {
   ExportResult run() {
     const ExportSection& e = job_.settings;
     const fs::path out = output_dir();
-    report_.format = e.format == ExportFormat::kGptq ? "gptq" : "merged";
+    report_.format = format_name(e.format);
     report_.out = out;
     report_.model_dir = job_.model_dir;
     report_.adapter_dir = job_.adapter_dir;
@@ -82,50 +118,14 @@ class Exporter {
       report_.eval_len = eval_len_;
     }
     const std::optional<CalibrationSet> calib =
-        e.format == ExportFormat::kGptq ? std::optional<CalibrationSet>(calibration()) : std::nullopt;
+        quantized_format(e.format) ? std::optional<CalibrationSet>(calibration()) : std::nullopt;
 
-    std::optional<LlamaModel> merged;  // kept for the report: its reference
-    {
-      auto t = Clock::now();
-      LlamaModel model = load_trained();
-      phase("load base + adapter", t);
-      ModelDirContents c;
-      c.config = read_model_config_json(job_.model_dir);
-      c.config.erase("quantization_config");  // a bnb-4bit base is written dequantized
-      set_config_dtype(c.config, ops::dtype_name(written_dtype(e)));
-      c.copy_files_from = job_.model_dir;
-      c.max_shard_bytes = job_.max_shard_bytes;
-      c.overwrite = job_.overwrite;
-      c.tensors = unquantized_tensors(model, written_dtype(e));
-      report_.bf16_bytes = bf16_bytes(model);
-      if (calib) {
-        report_.calib_source = calib->source;
-        report_.calib_samples = static_cast<int64_t>(calib->ids.size());
-        report_.calib_tokens = calib->tokens();
-        say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) +
-            " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
-        warn_unservable_groups(model);
-        QuantizedModel q = quantize_model(model, *calib, gptq_settings(e), QuantMethod::kGptq, progress_);
-        phase("calibration passes", q.calibrate_seconds);
-        phase("GPTQ", q.quantize_seconds);
-        report_.merges = q.merges;
-        report_.linears = q.linears;
-        for (auto& [name, tensor] : q.packed) c.tensors[name] = tensor;
-        c.config["quantization_config"] = gptq_quantization_config(gptq_settings(e));
-        c.extra_files["quantize_config.json"] = gptq_quantization_config(gptq_settings(e)).dump(2) + "\n";
-      } else {
-        t = Clock::now();
-        // Each merged weight is rounded once, from float32 to the written dtype.
-        report_.merges = merge_adapters(model, [&](const std::string& name, const at::Tensor& w32) {
-          c.tensors[name + ".weight"] = w32.to(at::kCPU, written_dtype(e));
-        });
-        phase("merge", t);
-      }
-      t = Clock::now();
-      write_model_dir(out, c);
-      phase("write", t);
-      if (!calib && e.report) merged.emplace(std::move(model));
-    }  // the quantized model and the written tensors are freed before the report loads its models
+    if (calib) {
+      report_.calib_source = calib->source;
+      report_.calib_samples = static_cast<int64_t>(calib->ids.size());
+      report_.calib_tokens = calib->tokens();
+    }
+    std::optional<LlamaModel> merged = write_export(calib, out);  // the merged model, kept as the report's reference
     report_.bytes_on_disk = weight_bytes_on_disk(out);
     say("wrote " + out.string());
 
@@ -195,7 +195,7 @@ class Exporter {
     return j;
   }
 
-  // vLLM's GPTQ kernels need every quantized linear's input to be a multiple of the group size; the
+  // vLLM's GPTQ and AWQ kernels need every quantized linear's input to be a multiple of the group size; the
   // checkpoint is still valid (transformers' and qtrain's readers take a partial last group), so warn.
   void warn_unservable_groups(LlamaModel& model) const {
     const int64_t g = job_.settings.group_size;
@@ -206,7 +206,7 @@ class Exporter {
     });
     if (!bad.empty())
       say("warning: group size " + std::to_string(g) + " does not divide the input of " + bad +
-          ": vLLM's GPTQ kernels will refuse this checkpoint (choose a group size that divides every layer's input)");
+          ": vLLM's kernels will refuse this checkpoint (choose a group size that divides every layer's input)");
   }
 
   void say(const std::string& s) const {
@@ -251,9 +251,90 @@ class Exporter {
     return calibration_from_tokens(corpus_ids(tokenizer(), e.calib), o, e.calib);
   }
 
+  // Loads, merges or quantizes, and writes the export into `out`. Returns the merged model when the
+  // format keeps one in memory anyway (merged, GGUF) and the report will need it as its reference; the
+  // quantized model and the written tensors are freed on return, before the report loads its models.
+  std::optional<LlamaModel> write_export(const std::optional<CalibrationSet>& calib, const fs::path& out) {
+    const ExportSection& e = job_.settings;
+    auto t = Clock::now();
+    LlamaModel model = load_trained();
+    phase("load base + adapter", t);
+    report_.bf16_bytes = bf16_bytes(model);
+    if (e.format == ExportFormat::kGguf) {
+      write_gguf_dir(model, out);
+      return e.report ? std::optional<LlamaModel>(std::move(model)) : std::nullopt;
+    }
+    ModelDirContents c;
+    c.config = read_model_config_json(job_.model_dir);
+    c.config.erase("quantization_config");  // a bnb-4bit base is written dequantized
+    set_config_dtype(c.config, ops::dtype_name(written_dtype(e)));
+    c.copy_files_from = job_.model_dir;
+    c.max_shard_bytes = job_.max_shard_bytes;
+    c.overwrite = job_.overwrite;
+    c.tensors = unquantized_tensors(model, written_dtype(e));
+    if (e.format == ExportFormat::kGptq) {
+      say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) +
+          " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
+      warn_unservable_groups(model);
+      QuantizedModel q = quantize_model(model, *calib, gptq_settings(e), QuantMethod::kGptq, progress_);
+      phase("calibration passes", q.calibrate_seconds);
+      phase("GPTQ", q.quantize_seconds);
+      report_.merges = q.merges;
+      report_.linears = q.linears;
+      for (auto& [name, tensor] : q.packed) c.tensors[name] = tensor;
+      c.config["quantization_config"] = gptq_quantization_config(gptq_settings(e));
+      c.extra_files["quantize_config.json"] = gptq_quantization_config(gptq_settings(e)).dump(2) + "\n";
+    } else if (e.format == ExportFormat::kAwq) {
+      say("AWQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) +
+          " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
+      warn_unservable_groups(model);
+      t = Clock::now();
+      QuantizedModel q = awq_quantize_model(model, *calib, awq_settings(e), progress_);
+      phase("AWQ (search, clip, quantize)", t);
+      report_.merges = q.merges;
+      report_.linears = q.linears;
+      // AWQ folded its scales into the RMSNorm weights: those come from the model, not the checkpoint.
+      for (auto& [name, tensor] : unquantized_tensors(model, written_dtype(e), /*from_checkpoint=*/false)) c.tensors[name] = tensor;
+      for (auto& [name, tensor] : q.packed) c.tensors[name] = tensor;
+      c.config["quantization_config"] = awq_quantization_config(awq_settings(e));
+    } else {
+      t = Clock::now();
+      // Each merged weight is rounded once, from float32 to the written dtype.
+      report_.merges = merge_adapters(model, [&](const std::string& name, const at::Tensor& w32) {
+        c.tensors[name + ".weight"] = w32.to(at::kCPU, written_dtype(e));
+      });
+      phase("merge", t);
+    }
+    t = Clock::now();
+    write_model_dir(out, c);
+    phase("write", t);
+    return !calib && e.report ? std::optional<LlamaModel>(std::move(model)) : std::nullopt;
+  }
+
+  // The GGUF export: the merged model as one llama.cpp file, in a directory of its own beside the report
+  // (written as a whole: AtomicDirectory).
+  void write_gguf_dir(LlamaModel& model, const fs::path& out) {
+    auto t = Clock::now();
+    report_.merges = merge_adapters(model);
+    phase("merge", t);
+    t = Clock::now();
+    AtomicDirectory dir(out);
+    gguf_file_ = gguf_file_name(job_.model_dir, job_.settings.gguf_type);
+    const GgufResult g = write_gguf(dir.path() / gguf_file_, model, job_.model_dir, parse_gguf_type(job_.settings.gguf_type));
+    dir.commit();
+    phase("write GGUF", t);
+    std::map<std::string, int> counts;
+    for (const auto& [name, type] : g.tensor_types) counts[type]++;
+    std::string types;
+    for (const auto& [type, n] : counts) types += (types.empty() ? "" : ", ") + std::to_string(n) + " " + type;
+    say("GGUF tensor types: " + types);
+  }
+
   // Every weight but the linears' (embeddings, norms, lm_head, biases) in `dtype` on the CPU, cast once
-  // from the checkpoint's own tensors, not from the compute-dtype copies the model holds.
-  std::map<std::string, at::Tensor> unquantized_tensors(const LlamaModel& m, at::ScalarType dtype) const {
+  // from the checkpoint's own tensors (not from the compute-dtype copies the model holds), or from the
+  // model where the export changed them (AWQ's folded norms).
+  std::map<std::string, at::Tensor> unquantized_tensors(const LlamaModel& m, at::ScalarType dtype,
+                                                        bool from_checkpoint = true) const {
     const auto ckpt = safetensors::Checkpoint::open(job_.model_dir);
     std::vector<std::string> linears;
     m.for_each_linear([&](const std::string& name, const Linear&) { linears.push_back(name + ".weight"); });
@@ -261,7 +342,7 @@ class Exporter {
     for (auto& [name, t] : m.state_tensors()) {
       // A linear's weight, dense or its 4-bit pieces ("….weight.absmax", …): written by the caller.
       if (std::any_of(linears.begin(), linears.end(), [&](const std::string& w) { return name.rfind(w, 0) == 0; })) continue;
-      out[name] = (ckpt.contains(name) ? ckpt.tensor(name) : t).to(at::kCPU, dtype);
+      out[name] = (from_checkpoint && ckpt.contains(name) ? ckpt.tensor(name) : t).to(at::kCPU, dtype);
     }
     return out;
   }
@@ -316,14 +397,27 @@ class Exporter {
       LlamaModel rtn = load_trained();
       quantize_model(rtn, CalibrationSet{}, gptq_settings(e), QuantMethod::kRtn);
       measure(quant_label(e, "RTN"), rtn, std::nullopt);
+    } else if (e.format == ExportFormat::kAwq) {  // round-to-nearest on AWQ's grid, no scales, no clip
+      LlamaModel rtn = load_trained();
+      merge_adapters(rtn, [&](const std::string&, const at::Tensor&) {});
+      rtn.for_each_linear([&](const std::string&, Linear& l) {
+        l.weight = awq_fake_quantize(l.weight.to(at::kFloat), awq_settings(e)).to(rtn.dtype());
+      });
+      measure(quant_label(e, "RTN"), rtn, std::nullopt);
     }
     // The export itself, read back from disk as a user would load it.
     LoadOptions lo;
     lo.dtype = job_.compute;
     lo.device = job_.device;
-    measure((e.format == ExportFormat::kGptq ? quant_label(e, "GPTQ") : std::string("merged")) + " (as written, " +
-                ops::dtype_name(written_dtype(e)) + ")",
-            LlamaModel::load(out, lo), report_.bytes_on_disk);
+    if (e.format == ExportFormat::kGguf) {
+      measure("GGUF " + e.gguf_type + " (as written, read back as llama.cpp dequantizes it)",
+              load_gguf_model(out / gguf_file_, ref.config(), lo), report_.bytes_on_disk);
+    } else {
+      const std::string label = e.format == ExportFormat::kGptq  ? quant_label(e, "GPTQ")
+                                : e.format == ExportFormat::kAwq ? quant_label(e, "AWQ")
+                                                                 : std::string("merged");
+      measure(label + " (as written, " + ops::dtype_name(written_dtype(e)) + ")", LlamaModel::load(out, lo), report_.bytes_on_disk);
+    }
     phase("report", t0);
   }
 
@@ -332,6 +426,7 @@ class Exporter {
   std::unique_ptr<Tokenizer> tok_;  // loaded when first needed: a model directory without one still exports
   int64_t calib_len_ = 0, eval_len_ = 0;  // the settings', within the model's context
   std::optional<TextWindows> windows_;   // the report's text windows, made before any work
+  std::string gguf_file_;                // the GGUF export's file name in `out`
   TokenizedDataset data_;
   DataConfig data_config_;
   ExportReport report_;

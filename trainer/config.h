@@ -58,15 +58,22 @@ struct TrainingSection {
   DtypeChoice compute_dtype = DtypeChoice::kAuto;
   DeviceChoice device = DeviceChoice::kAuto;
   NanPolicy on_nan = NanPolicy::kStop;
+  // Recompute checkpoints (one hidden state per layer) kept in host memory between forward and backward.
+  bool offload_checkpoints = false;
 };
 
 struct OptimizerSection {
-  std::string name = "adamw";  // the only one so far
-  int64_t bits = 32;           // 32 (8-bit state arrives with the paged/8-bit optimizer issue)
-  bool paged = false;          // accepted; paging arrives with that issue, state stays on the device
+  // adamw (with bits / paged below), or the ecosystem's names, which set bits and paged: adamw_32bit,
+  // adamw_8bit, paged_adamw_32bit, paged_adamw_8bit. load_recipe resolves them to "adamw" + bits + paged.
+  std::string name = "adamw";
+  int64_t bits = 32;           // 32 or 8 (blockwise, bitsandbytes semantics: ops/adamw_fused.h)
+  bool paged = false;          // state pages in host memory, a device pool of device_budget_mb (trainer/paged_state.h)
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
+  int64_t min_8bit_size = 4096;  // bnb's: parameters with fewer elements keep 32-bit state in 8-bit mode
+  double device_budget_mb = 0;   // paged: device pool size; 0 = what the memory planner leaves free (all, on CPU)
+  int64_t page_kb = 2048;        // paged: page size
 };
 
 struct ScheduleSection {
@@ -77,14 +84,14 @@ struct ScheduleSection {
   int64_t eval_batches = 0;  // 0 = the whole held-out split
 };
 
-enum class ExportFormat { kNone, kMerged, kGptq };
+enum class ExportFormat { kNone, kMerged, kGptq, kAwq, kGguf };
 
 // What `qtrain export` writes, and the recipe's `export:` section that runs it after training: one
 // struct for both, so a recipe key and a command-line option always mean the same thing.
 struct ExportSection {
   ExportFormat format = ExportFormat::kNone;  // none: training ends with the adapter
   std::filesystem::path out;                  // default: <run dir>/export-<format>
-  std::string dtype = "auto";  // unquantized weights: auto = bfloat16 (merged), float16 (gptq: as its kernels expect)
+  std::string dtype = "auto";  // unquantized weights: auto = bfloat16 (merged), float16 (gptq, awq: as their kernels expect)
   // GPTQ (formats.md §5): bits, grid, act-order, damping; defaults are what vLLM's Marlin kernels run.
   int64_t bits = 4;
   int64_t group_size = 128;  // -1: one group per row
@@ -93,6 +100,8 @@ struct ExportSection {
   bool static_groups = false;
   double damp = 0.01;
   bool true_sequential = true;
+  bool zero_point = true;             // AWQ: asymmetric grid with a zero per group (AutoAWQ's default)
+  std::string gguf_type = "q4_k_m";   // GGUF: f16 | q8_0 | q4_k_m
   // Calibration: "recipe" = the run's own training data as it was trained on, or a text file.
   std::string calib = "recipe";
   int64_t calib_samples = 128;

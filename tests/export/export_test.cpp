@@ -343,7 +343,8 @@ TEST(ExportCli, GptqBeatsRtnInTheReportOnTheRealModel) {
 }
 
 // Every directory qtrain writes reads back in qtrain eval and qtrain generate: merged (bf16), GPTQ
-// (4 and 8 bits, act-order), and the bnb-4bit checkpoint of qtrain quantize.
+// (4 and 8 bits, act-order), AWQ, and the bnb-4bit checkpoint of qtrain quantize. (GGUF files are for
+// llama.cpp; the export's own report reads them back: tests/oracle/test_gguf.py.)
 TEST(ExportCli, EvalAndGenerateReadEveryDirectoryQtrainWrites) {
   if (!fs::exists(shared_text())) GTEST_SKIP() << "shared test data not found at " << shared_text();
   test_tools::ScratchDir dir("export-roundtrip");
@@ -354,6 +355,7 @@ TEST(ExportCli, EvalAndGenerateReadEveryDirectoryQtrainWrites) {
       {"merged", "export" + model + " --format merged"},
       {"gptq4", "export" + model + " --format gptq" + calib},
       {"gptq8-act-order", "export" + model + " --format gptq --bits 8 --desc-act" + calib},
+      {"awq", "export" + model + " --format awq" + calib},
       {"bnb4", "quantize " + shared_model().string()},
   };
   for (const auto& [name, args] : exports) {
@@ -366,6 +368,27 @@ TEST(ExportCli, EvalAndGenerateReadEveryDirectoryQtrainWrites) {
     r = run_qtrain("generate " + out.string() + " --ids 1 --max-new-tokens 8 --greedy");
     EXPECT_EQ(r.code, 0) << name << "\n" << r.output;
   }
+}
+
+TEST(ExportCli, GgufFileBesideItsReport) {
+  if (!fs::exists(shared_text())) GTEST_SKIP() << "shared test data not found at " << shared_text();
+  test_tools::ScratchDir dir("export-gguf");
+  const fs::path out = dir.path / "gguf";
+  const auto r = run_qtrain("export --model " + shared_model().string() + " --format gguf --gguf-type q8_0 --eval-text " +
+                            shared_text().string() + " --eval-len 128 --eval-windows 4 --out " + out.string());
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(out / "llama2c-xs-tok512-hf-q8_0.gguf")) << r.output;
+  std::ifstream in(out / "export_report.json");
+  const auto j = nlohmann::json::parse(in);
+  const auto& written = j["models"].back();
+  EXPECT_NE(written["name"].get<std::string>().find("GGUF q8_0"), std::string::npos) << j.dump(2);
+  // Q8_0 of the real model: close to the reference, far from nothing.
+  EXPECT_LT(written["text"]["kl"].get<double>(), 0.01) << j.dump(2);
+  EXPECT_GT(written["bytes"].get<double>(), 0);
+  const auto bad = run_qtrain("export --model " + shared_model().string() + " --format gguf --gguf-type q3_k --out " +
+                              (dir.path / "bad").string());
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("gguf_type"), std::string::npos) << bad.output;
 }
 
 TEST(ExportCli, BadInvocationsAreUsageErrorsAndTouchNothing) {
@@ -383,7 +406,8 @@ TEST(ExportCli, BadInvocationsAreUsageErrorsAndTouchNothing) {
   const Case cases[] = {
       {"export --format merged --out " + (dir.path / "o").string(), "run directory or --model"},
       {"export " + dir.path.string() + model + " --format merged --out " + (dir.path / "o").string(), "not both"},
-      {"export" + model + " --format awq --out " + (dir.path / "o").string(), "--format 'awq'"},
+      {"export" + model + " --format awq2 --out " + (dir.path / "o").string(), "--format 'awq2'"},
+      {"export" + model + " --format awq --bits 8 --out " + (dir.path / "o").string(), "4 bits only"},
       {"export" + model + " --format merged", "--out is required"},
       {"export" + model + " --format gptq --bits 3 --out " + (dir.path / "o").string(), "bits: must be 4 or 8"},
       {"export" + model + " --format gptq --sym --asym --out " + (dir.path / "o").string(), "contradict"},

@@ -58,16 +58,17 @@ void export_after_training(const Recipe& r) {
 int run_export(const std::vector<std::string>& args) {
   VerbSpec spec;
   spec.usage =
-      "qtrain export RUN_DIR --format merged|gptq [--out DIR] [--overwrite]\n"
-      "       qtrain export --model DIR [--adapter DIR] [--base-quant nf4|fp4|none] --format merged|gptq --out DIR\n"
+      "qtrain export RUN_DIR --format merged|gptq|awq|gguf [--out DIR] [--overwrite]\n"
+      "       qtrain export --model DIR [--adapter DIR] [--base-quant nf4|fp4|none] --format merged|gptq|awq|gguf --out DIR\n"
       "  GPTQ: [--bits 4|8] [--group-size 128] [--sym|--asym] [--desc-act [--static-groups]] [--damp 0.01]\n"
-      "        [--calib recipe|FILE] [--calib-samples 128] [--calib-len 2048] [--calib-trained-only]\n"
+      "  AWQ:  [--group-size 128] [--no-zero-point]      GGUF: [--gguf-type q4_k_m|q8_0|f16]\n"
+      "  calibration (GPTQ, AWQ): [--calib recipe|FILE] [--calib-samples 128] [--calib-len 2048] [--calib-trained-only]\n"
       "  report: [--eval-text FILE] [--eval-len 2048] [--eval-windows N] [--no-report]";
   ExportSection e;
-  std::string run, model, adapter, base_quant, format, out, dtype, device, compute, shard, calib, eval_text;
+  std::string run, model, adapter, base_quant, format, out, dtype, device, compute, shard, calib, eval_text, gguf_type;
   int64_t blocksize = 64;
   spec.options.add_options()
-      ("format", po::value(&format)->required(), "merged (bf16 weights, adapters folded in) or gptq (4/8-bit GPTQ v1)")
+      ("format", po::value(&format)->required(), "merged (bf16, adapters folded in), gptq (4/8-bit GPTQ v1), awq (4-bit AWQ GEMM) or gguf (llama.cpp)")
       ("out", po::value(&out), "output model directory (default for a run: RUN_DIR/export-<format>)")
       ("overwrite", "replace a non-empty --out (the old one is removed once the new one is complete)")
       ("model", po::value(&model), "base model directory (instead of RUN_DIR)")
@@ -82,6 +83,8 @@ int run_export(const std::vector<std::string>& args) {
       ("asym", "asymmetric grid (a zero point per group)")
       ("desc-act", "act-order: quantize columns by decreasing Hessian diagonal (g_idx permuted)")
       ("static-groups", "with --desc-act: group grids from the unmodified weight, g_idx stays monotonic")
+      ("no-zero-point", "AWQ: symmetric grid (stored with zeros 8) instead of a zero point per group")
+      ("gguf-type", po::value(&gguf_type), "GGUF tensor types: q4_k_m (llama-quantize's Q4_K_M), q8_0 or f16")
       ("no-true-sequential", "collect every sub-layer's Hessian in one pass instead of group by group")
       ("damp", po::value(&e.damp)->default_value(e.damp), "GPTQ damping, relative to the mean Hessian diagonal")
       ("calib", po::value(&calib)->default_value(e.calib), "calibration data: recipe (the run's training data) or a text file")
@@ -137,7 +140,11 @@ int run_export(const std::vector<std::string>& args) {
   }
   if (format == "merged") e.format = ExportFormat::kMerged;
   else if (format == "gptq") e.format = ExportFormat::kGptq;
-  else throw UsageError("--format '" + format + "' must be merged or gptq");
+  else if (format == "awq") e.format = ExportFormat::kAwq;
+  else if (format == "gguf") e.format = ExportFormat::kGguf;
+  else throw UsageError("--format '" + format + "' must be merged, gptq, awq or gguf");
+  if (vm->count("no-zero-point")) e.zero_point = false;
+  if (!gguf_type.empty()) e.gguf_type = gguf_type;
   if (vm->count("sym") && vm->count("asym")) throw UsageError("--sym and --asym contradict each other");
   if (vm->count("sym")) e.sym = true;
   if (vm->count("asym")) e.sym = false;

@@ -258,12 +258,14 @@ std::function<bool()> DataParallel::within_step(const std::function<bool()>& sto
   return {};
 }
 
-bool DataParallel::agree_stop(bool requested) {
+bool DataParallel::agree_stop(bool requested, int signal) {
   if (!g_) return requested;
   if (stopped_) return true;
-  at::Tensor f = at::full({1}, requested ? 1 : 0, at::TensorOptions().dtype(at::kInt).device(g_->device));
+  // The largest signal number any rank received (1 when a rank stops without one).
+  at::Tensor f = at::full({1}, requested ? std::max(signal, 1) : 0, at::TensorOptions().dtype(at::kInt).device(g_->device));
   all_reduce(f, kMax, "the stop agreement at the step boundary");
-  stopped_ = f.item<int>() != 0;
+  stop_signal_ = f.item<int>();
+  stopped_ = stop_signal_ != 0;
   return stopped_;
 }
 

@@ -64,7 +64,10 @@ class DataParallel {
   // step boundary (agree_stop), since a rank leaving mid-step would strand the others' collectives.
   std::function<bool()> within_step(const std::function<bool()>& stop) const;
   // True when any rank asked to stop (a collective at each step boundary; sticky once true).
-  bool agree_stop(bool requested);
+  // `signal`: what this rank received, so every rank can say which signal stopped the run.
+  bool agree_stop(bool requested, int signal = 0);
+  // The signal that stopped the run: this rank's own, else the one another rank received.
+  int stop_signal(int local) const { return local != 0 ? local : stop_signal_; }
   void barrier(const std::string& what);
   // f on rank 0, then on the others (files rank 0 makes, e.g. the token cache, are read by the rest).
   // If rank 0 fails, every rank throws instead of waiting.
@@ -96,6 +99,7 @@ class DataParallel {
   std::unique_ptr<Group> g_;  // null: one process
   int64_t bucket_bytes_ = 25 << 20;
   bool stopped_ = false;
+  int stop_signal_ = 0;
   std::string note_;
 };
 

@@ -97,11 +97,11 @@ class Trainer {
     auto stopping = [&] { return stop.requested(); };
     if (!set_up()) return {};
     // Ranks agree on stopping at step boundaries only (trainer/distributed.h); one process is unchanged.
-    if (ranks_->agree_stop(stop.requested())) return interrupted(stop);
+    if (ranks_->agree_stop(stop.requested(), stop.signal())) return interrupted(stop);
     // The evaluation before the first step, or one a stop interrupted before the checkpoint it resumed.
     if (eval_due() && !evaluate_and_log(stopping)) return interrupted(stop);
     const auto t0 = Clock::now();
-    while (step_ < total_ && !ranks_->agree_stop(stop.requested())) {
+    while (step_ < total_ && !ranks_->agree_stop(stop.requested(), stop.signal())) {
       const int64_t skipped_before = skipped_in_a_row_;
       const StepResult s = one_step(stopping);
       if (s.interrupted) break;
@@ -110,7 +110,7 @@ class Trainer {
       if (eval_due() && !evaluate_and_log(stopping)) break;
       if (due(r_.schedule.save_every)) save();
     }
-    if (ranks_->agree_stop(stop.requested())) return interrupted(stop);
+    if (ranks_->agree_stop(stop.requested(), stop.signal())) return interrupted(stop);
     return finish(t0, stopping, stop);
   }
 
@@ -372,7 +372,7 @@ class Trainer {
 
   TrainResult interrupted(const StopSignalGuard& stop) {
     if (saved_step_ != step_ && step_ > 0) save();  // before the first step there is nothing to save
-    log_->message("stopped by signal " + std::to_string(stop.signal()) + " at step " + std::to_string(step_) +
+    log_->message("stopped by signal " + std::to_string(ranks_->stop_signal(stop.signal())) + " at step " + std::to_string(step_) +
                   "; resume with: qtrain train " + r_.source.string() + " --resume");
     if (r_.logging.report && ranks_->is_main()) log_->message(write_run_report_at_end(out_));
     result_.interrupted = true;

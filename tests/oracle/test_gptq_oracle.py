@@ -9,11 +9,15 @@
 (c) A GPTQ directory of the shared tiny model written here loads in `qtrain forward` and gives the logits
     of transformers' dense model with the same dequantized weights.
 
-Why no gptqmodel: gptqmodel 7.7.0 (the pinned-era release, sdist only) needs torch >= 2.14.1 (we pin 2.11)
-and imports `pcre` (pypcre, no wheel: it compiles against PCRE2) in its package __init__, so even its
-pure-torch TorchQuantLinear cannot be imported without a compiler; transformers' GPTQ path requires
-gptqmodel + optimum (quantizer_gptq.py). The dequant formula below is therefore written independently from
-formats.md §5.6.
+Why gptqmodel is not pinned (tried for the AWQ/GGUF issue): every 7.x release pins numpy==2.2.6 for
+Python < 3.14 (we pin 2.4.6, so the requirements would not resolve); 7.7.0 also needs torch >= 2.14 (we pin
+2.11); 6.0.3 and 5.6.12 fail in pip's "getting requirements to build wheel" (their sdists need torch in the
+isolated build). pypcre itself compiles against the installed libpcre2-dev in ~15 s. Installed by hand with
+--no-deps (gptqmodel 7.6.0 + pypcre, logbar, threadpoolctl, device-smi, kernels, tokenicer, defuser), its
+TorchLinear dequantizes our v1 files (after its own v1 -> v2 qzeros conversion) to exactly our fp16 weights,
+symmetric, asymmetric, act-order and group -1 alike: test_gptqmodel_dequantizes_our_files below, which runs
+wherever gptqmodel imports and is skipped otherwise. The dequant formula in (b) is written independently
+from formats.md §5.6 and runs everywhere.
 
 One documented deviation from the references, mirrored in the transcription: an asymmetric group whose zero
 rounds to 0 gets zero 1 and scale xmax/(maxq-1), because v1 stores zero-1 and cannot hold -1 (gptq.h).
@@ -325,3 +329,30 @@ def test_tiny_model_gptq_dir_loads_with_transformers_logits(shared_data, run_qtr
     with torch.no_grad():
         dense_ref = dense_model(input_ids=torch.tensor([ids])).logits[0].float()
     assert (dense_ref - ours).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("out_f,in_f,group,sym,desc_act", [
+    (64, 128, 32, 1, 0), (96, 256, 128, 0, 0), (64, 128, 64, 1, 1), (32, 192, -1, 1, 0)])
+def test_gptqmodel_dequantizes_our_files(tmp_path, out_f, in_f, group, sym, desc_act):
+    """gptqmodel's pure-torch QuantLinear reads our v1 tensors to exactly our weights (module docstring)."""
+    pytest.importorskip("gptqmodel", reason="gptqmodel cannot be pinned with our numpy/torch (module docstring)")
+    from gptqmodel.nn_modules.qlinear import torch as gq_torch
+    from gptqmodel.utils.model import convert_gptq_v1_to_v2_format_module
+    QuantLinear = getattr(gq_torch, "TorchQuantLinear", None) or getattr(gq_torch, "TorchLinear")
+    seed = out_f + in_f
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(out_f, in_f, generator=g) * 0.05
+    X = torch.randn(512, in_f, generator=g)
+    save_file({"W": W, "H": (2 / 512) * X.t() @ X}, tmp_path / "in.safetensors")
+    run_tool("quantize", tmp_path / "in.safetensors", tmp_path / "out.safetensors", 4, group, sym, desc_act, 0, 0.01)
+    t = load_file(tmp_path / "out.safetensors")
+    lin = QuantLinear(bits=4, group_size=group, sym=bool(sym), desc_act=bool(desc_act), in_features=in_f,
+                      out_features=out_f, bias=False)
+    for k in ["qweight", "qzeros", "scales", "g_idx"]:
+        getattr(lin, k).data = t["layer." + k].clone()
+    convert_gptq_v1_to_v2_format_module(lin, bits=4, pack_dtype=torch.int32)  # gptqmodel's in-memory v2
+    lin.post_init()
+    deq = lin.dequantize_weight().float().t()  # [out, in] fp16 values
+    gi = t["gptq.g_idx"].long()
+    ours = (t["gptq.codes"].float() - t["gptq.zeros"].float()[gi].t()) * t["gptq.scales"].half().float()[gi].t()
+    assert torch.equal(deq, ours.half().float()), f"seed {seed}"

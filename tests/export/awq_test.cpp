@@ -398,5 +398,38 @@ TEST(AwqRealModel, BeatsRtnAndTheDirectoryLoadsBack) {
   EXPECT_THROW(awq_quantize_model(model, CalibrationSet{}, s), UsageError);
 }
 
+TEST(AwqRealModel, Bfloat16ModelRunsTheSameCode) {
+  // The compute dtype of most exports: searches run the blocks in bf16, the masters stay fp32, the
+  // norms take the folded scales rounded once to bf16. AWQ must still beat RTN.
+  const fs::path dir = tiny_model();
+  if (dir.empty()) GTEST_SKIP() << "shared tiny model absent";
+  const uint32_t seed = fresh_seed("AwqRealModel.Bfloat16ModelRunsTheSameCode");
+  LoadOptions opts;
+  opts.dtype = at::kBFloat16;
+  LlamaModel model = LlamaModel::load(dir, opts);
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  CalibrationSet calib;
+  for (int k = 0; k < 2; ++k) {
+    calib.ids.push_back(at::randint(0, model.config().vocab_size, {1, 64}, gen, at::kLong));
+    at::Tensor counted = at::ones({64}, at::kBool);
+    counted.narrow(0, 0, 16).fill_(false);  // positions that are context only
+    calib.counts.push_back(counted);
+  }
+  AwqSettings s;
+  s.group_size = 32;
+  const QuantizedModel q = awq_quantize_model(model, calib, s);
+  double awq = 0, rtn = 0;
+  for (const auto& st : q.linears) {
+    awq += st.error;
+    rtn += st.rtn_error;
+    EXPECT_EQ(st.tokens, 2 * 48) << st.name;
+  }
+  std::printf("  bf16: Σ hessian error AWQ %.4g RTN %.4g (ratio %.3f)\n", awq, rtn, awq / rtn);
+  EXPECT_LT(awq, rtn);
+  EXPECT_EQ(model.layer(0).input_norm.scalar_type(), at::kBFloat16);
+  model.for_each_linear([](const std::string& n, const Linear& l) { EXPECT_EQ(l.weight.scalar_type(), at::kBFloat16) << n; });
+  EXPECT_TRUE(at::isfinite(model.forward(at::arange(1, 20, at::kLong).unsqueeze(0))).all().item<bool>());
+}
+
 }  // namespace
 }  // namespace qtrain

@@ -249,7 +249,7 @@ def test_resume_two_ranks_on_one_and_one_on_two(ws):
 
 
 def test_a_missing_rank_is_an_error_within_the_timeout(ws):
-    rec = ws.recipe("missing", timeout=4)
+    rec = ws.recipe("missing", timeout=2)
     port = free_port()
     t0 = time.monotonic()
     p = manual_rank(ws, rec, 0, 2, port)  # WORLD_SIZE 2, only rank 0 started
@@ -257,13 +257,13 @@ def test_a_missing_rank_is_an_error_within_the_timeout(ws):
     dt = time.monotonic() - t0
     assert p.returncode == 2, err
     assert "only 1 of 2 ranks joined" in err and "missing: rank 1" in err, err
-    assert dt < 4 + 20, dt
+    assert dt < 2 + 20, dt
     # A rank whose rank 0 never comes: cannot reach the store, within the timeout.
     t0 = time.monotonic()
     p = manual_rank(ws, rec, 1, 2, free_port())
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "cannot reach the rendezvous store" in err, err
-    assert time.monotonic() - t0 < 4 + 20
+    assert time.monotonic() - t0 < 2 + 20
 
 
 def test_bad_launches_fail_clearly(ws):

@@ -31,6 +31,7 @@ MetricsLog::MetricsLog(const std::filesystem::path& jsonl, int64_t total_steps, 
       }
     }
     write_file_atomic(jsonl, kept);
+    kept_ = std::move(kept);
   }
   out_.open(jsonl, resumed_at ? std::ios::app : std::ios::trunc);
   if (!out_) throw std::runtime_error(jsonl.string() + ": cannot open for writing");
@@ -44,6 +45,19 @@ void MetricsLog::add_tensorboard(const std::filesystem::path& dir, std::optional
                                  const std::string& recipe_yaml) {
   if (!enabled_) return;
   tensorboard_ = std::make_unique<TensorBoardWriter>(dir, resumed_at);
+  if (resumed_at && tensorboard_->created()) {
+    std::istringstream in(kept_);
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object() || !j.contains("kind") || !j["kind"].is_string()) continue;
+      const std::string kind = j["kind"].get<std::string>();
+      const int64_t step = j["step"].get<int64_t>();
+      const double time = j.contains("time") && j["time"].is_number() ? j["time"].get<double>() : unix_time_now();
+      for (const auto& [k, v] : j.items())
+        if (k != "kind" && k != "step" && k != "time" && (v.is_number() || v.is_null()))
+          tensorboard_->scalar(step, kind + "/" + k, v.is_null() ? NAN : v.get<float>(), time);
+    }
+  }
   // Indented four spaces: a Markdown code block, so the text plugin shows the YAML as written.
   std::string md;
   std::istringstream in(recipe_yaml);

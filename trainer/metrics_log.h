@@ -27,7 +27,9 @@ class MetricsLog {
 
   // TensorBoard event files in `dir` (trainer/tensorboard.h; resumed_at as above): from now on every
   // record's values go there too, as scalars tagged "<kind>/<name>" at the record's step and time; the
-  // resolved recipe goes in now, as the text summary "recipe" at `step`.
+  // resolved recipe goes in now, as the text summary "recipe" at `step`. A resumed run without event
+  // files (TensorBoard was off until now) gets the records it kept from metrics.jsonl first, so the
+  // event file holds what metrics.jsonl holds either way.
   void add_tensorboard(const std::filesystem::path& dir, std::optional<int64_t> resumed_at, int64_t step,
                        const std::string& recipe_yaml);
 
@@ -46,6 +48,7 @@ class MetricsLog {
   std::filesystem::path path_;
   std::ofstream out_;
   std::set<std::pair<std::string, int64_t>> written_;
+  std::string kept_;  // the records kept on resume, as metrics.jsonl lines
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
 

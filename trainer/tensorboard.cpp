@@ -75,6 +75,7 @@ TensorBoardWriter::TensorBoardWriter(const fs::path& dir, std::optional<int64_t>
     const double now = unix_time_now();
     path_ = dir / (kPrefix + std::to_string(static_cast<int64_t>(now)) + "." + host_name());
     out_.open(path_, std::ios::binary | std::ios::trunc);
+    created_ = true;
     if (out_) append(file_version_event(now));
   }
   if (!out_) throw std::runtime_error(path_.string() + ": cannot open the TensorBoard event file for writing");

@@ -26,12 +26,15 @@ class TensorBoardWriter {
   void text(int64_t step, const std::string& tag, const std::string& markdown, double wall_time);
 
   const std::filesystem::path& path() const { return path_; }
+  // Whether this writer started the file (a new run, or a resumed one that had none).
+  bool created() const { return created_; }
 
  private:
   void append(const std::string& event);
 
   std::filesystem::path path_;
   std::ofstream out_;
+  bool created_ = false;
 };
 
 // The event files of a run directory, oldest first (their names carry the creation time).

@@ -189,5 +189,23 @@ TEST(TensorBoardWriter, MetricsLogSendsEveryRecordValueAsAScalar) {
             (E{{-1, ""}, {0, "recipe"}, {0, "eval/eval_loss"}, {0, "eval/eval_ppl"}, {1, "train/loss"}, {1, "train/lr"}}));
 }
 
+// TensorBoard switched on for a resumed run: the event file starts with what metrics.jsonl kept.
+TEST(TensorBoardWriter, AResumedRunWithoutEventFilesGetsTheKeptRecords) {
+  ScratchDir tmp("tensorboard-late");
+  {
+    MetricsLog log(tmp.path / "metrics.jsonl", 10, true, std::nullopt);  // no TensorBoard
+    log.record("eval", 0, {{"eval_loss", 3.0}});
+    for (int s = 1; s <= 3; ++s) log.record("train", s, {{"loss", 1.0 / s}, {"grad_norm", s == 2 ? NAN : 1.0}});
+  }
+  {
+    MetricsLog log(tmp.path / "metrics.jsonl", 10, true, 2);
+    log.add_tensorboard(tmp.path, 2, 2, "r: 1\n");
+    log.record("train", 3, {{"loss", 0.25}, {"grad_norm", 0.5}});
+  }
+  using E = std::vector<std::pair<int64_t, std::string>>;
+  EXPECT_EQ(events_of(tmp.path), (E{{-1, ""}, {0, "eval/eval_loss"}, {1, "train/grad_norm"}, {1, "train/loss"}, {2, "train/grad_norm"},
+                                    {2, "train/loss"}, {2, "recipe"}, {3, "train/grad_norm"}, {3, "train/loss"}}));
+}
+
 }  // namespace
 }  // namespace qtrain

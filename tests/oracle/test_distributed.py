@@ -225,6 +225,10 @@ def _eval_losses(out):
 def test_resume_two_ranks_on_one_and_one_on_two(ws):
     # 2 → 1: the checkpoint of drop_part at step 3 (2 ranks × 4 rows: global micro-batches 0..5 done).
     src = ws.root / "drop_part" / "checkpoints" / "step-3"
+    if not src.exists():  # run alone (-k): make the 2-rank checkpoint the test above leaves
+        torchrun(ws, 2, ws.recipe("drop_part", dropout=0.1), "training.max_steps=3")
+    if not (ws.root / "drop_full" / "adapter").exists():
+        torchrun(ws, 2, ws.recipe("drop_full", dropout=0.1))
     to1 = ws.recipe("to_one", dropout=0.1)
     r = subprocess.run([str(ws.binary), str(to1), "--resume", str(src)], capture_output=True, text=True, env=env1(), timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

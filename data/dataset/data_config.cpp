@@ -1,5 +1,7 @@
 #include "data/dataset/data_config.h"
 
+#include <cstdio>
+
 #include "data/error.h"
 
 namespace qtrain {
@@ -58,7 +60,8 @@ std::string to_string(TrainOn t) { return name_of(t, train_on_names()); }
 std::string to_string(OnError e) { return name_of(e, on_error_names()); }
 
 std::vector<std::string> data_config_keys() {
-  return {"files",         "format",          "template_name", "train_on",   "source_max_len",
+  return {"files",         "format",          "template_name", "chat_template", "template_vars", "template_date",
+          "train_on",   "source_max_len",
           "target_max_len", "max_seq_len",    "packing",       "group_by_length", "eval_fraction",
           "eval_files",    "on_error",        "sharegpt_role_map", "cache_dir", "seed"};
 }
@@ -80,9 +83,19 @@ std::vector<std::pair<std::string, std::string>> data_config_problems(const Data
   if (c.max_seq_len < 2) p.emplace_back("max_seq_len", "must be at least 2, found " + std::to_string(c.max_seq_len));
   if (!(c.eval_fraction >= 0 && c.eval_fraction < 1))
     p.emplace_back("eval_fraction", "must be in [0, 1), found " + std::to_string(c.eval_fraction));
+  if (!c.chat_template.empty()) {
+    bool known = c.chat_template.size() > 6 && c.chat_template.substr(c.chat_template.size() - 6) == ".jinja";
+    for (const auto& [e, n] : chat_template_names()) known = known || n == c.chat_template;
+    if (!known) p.emplace_back("chat_template", "'" + c.chat_template + "' is not auto, a built-in name (llama-2, llama-3, chatml, mistral, plain) or a path to a .jinja file");
+  }
+  if (!c.template_date.empty()) {
+    int y, mo, d;
+    if (std::sscanf(c.template_date.c_str(), "%4d-%2d-%2d", &y, &mo, &d) != 3)
+      p.emplace_back("template_date", "expected a time like 2025-03-14T09:26:53, found '" + c.template_date + "'");
+  }
   for (const auto& [from, role] : c.sharegpt_role_map)
-    if (role != "user" && role != "assistant" && role != "system")
-      p.emplace_back("sharegpt_role_map." + from, "'" + role + "' is not one of: user, assistant, system");
+    if (role != "user" && role != "assistant" && role != "system" && role != "function_call" && role != "observation")
+      p.emplace_back("sharegpt_role_map." + from, "'" + role + "' is not one of: user, assistant, system, function_call, observation");
   return p;
 }
 

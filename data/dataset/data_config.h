@@ -23,7 +23,7 @@ enum class DataFormat {
   kText,      // {"text": ...} (or a .txt file): raw text, chunked to max_seq_len
 };
 
-// Built-in chat templates; kAuto detects one from tokenizer_config.json's chat_template.
+// Built-in chat templates (their official Jinja text); kAuto renders with the model's own template.
 enum class ChatTemplateName { kAuto, kLlama2, kLlama3, kChatml, kMistral, kPlain };
 
 // Which tokens carry labels: the target (guanaco/alpaca: the output; chats: the assistant turns),
@@ -43,6 +43,13 @@ struct DataConfig {
   std::vector<DataFile> files;
   DataFormat format = DataFormat::kGuanaco;
   ChatTemplateName template_name = ChatTemplateName::kAuto;
+  // "auto" (the model's own Jinja template), a built-in name, or a path to a .jinja file; "" = template_name.
+  std::string chat_template;
+  // Extra template variables, NAME → value as JSON text (enable_thinking: false, date_string: "26 Jul 2024").
+  std::vector<std::pair<std::string, std::string>> template_vars;
+  // The time strftime_now sees, "YYYY-MM-DDTHH:MM:SS"; "" = pinned the first time the data is built
+  // (stored in cache_dir/chat_template_date, so resume and preview render the same text).
+  std::string template_date;
   TrainOn train_on = TrainOn::kTarget;
   // QLoRA's collator lengths (formats.md §4.5), for the source/target formats (guanaco, alpaca):
   // source = BOS + prompt cut to source_max_len, target = output + EOS cut to target_max_len; 0 = no limit.

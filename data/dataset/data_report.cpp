@@ -14,6 +14,8 @@ void FileCounts::add(const FileCounts& o) {
   without_trained_eos += o.without_trained_eos;
   tokens += o.tokens;
   label_tokens += o.label_tokens;
+  unlocated_turns += o.unlocated_turns;
+  special_text_in_content += o.special_text_in_content;
   for (const auto& m : o.skipped_messages)
     if (skipped_messages.size() < 5) skipped_messages.push_back(m);
 }
@@ -38,6 +40,14 @@ std::vector<std::string> lint(const DataReport& r) {
                     "): the model will not learn to stop");
     else if (c->without_trained_eos)
       out.push_back("note: " + which + ": " + std::to_string(c->without_trained_eos) + " untruncated examples have no trained EOS");
+    if (c->unlocated_turns)
+      out.push_back("warning: " + which + ": " + std::to_string(c->unlocated_turns) +
+                    " trained messages could not be located in the chat template's rendering (the template rewrites their "
+                    "content); they are not trained");
+    if (c->special_text_in_content)
+      out.push_back("warning: " + which + ": " + std::to_string(c->special_text_in_content) +
+                    " special-token strings typed inside message content (e.g. \"</s>\", \"<|im_start|>\") are parsed as special "
+                    "tokens, as transformers does, and teach the model fake turn boundaries: clean the data");
   }
   if (!r.pad_action.empty()) out.push_back("note: " + r.pad_action);
   for (const auto& w : r.warnings) out.push_back("warning: " + w);

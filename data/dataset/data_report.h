@@ -22,6 +22,8 @@ struct FileCounts {
   int64_t without_trained_eos = 0;  // kept, not truncated, yet no trained EOS (the template never emits it)
   int64_t tokens = 0;               // in kept examples
   int64_t label_tokens = 0;         // trained tokens at positions >= 1 (what the loss sees)
+  int64_t unlocated_turns = 0;      // trained chat messages the template's rendering does not show (a template that rewrites content)
+  int64_t special_text_in_content = 0;  // special-token strings typed inside message content ("</s>", "<|im_start|>")
   std::vector<std::string> skipped_messages;  // the first few, for the summary
 
   void add(const FileCounts& o);

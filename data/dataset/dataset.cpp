@@ -16,12 +16,14 @@
 #include "data/dataset/example_tokenizer.h"
 #include "data/dataset/shuffle.h"
 #include "data/dataset/token_cache.h"
+#include "data/io/atomic_file.h"
+#include "data/jinja/template.h"
 
 namespace qtrain {
 namespace {
 
 // Bumped whenever rendering, masking or truncation changes, so old caches are not reused.
-constexpr const char* kPipelineVersion = "qtrain-data-1";
+constexpr const char* kPipelineVersion = "qtrain-data-2";  // 2: Jinja chat templates, masks by offsets
 
 struct Settings {
   const DataConfig* config;
@@ -51,8 +53,10 @@ std::string cache_key(const Settings& s, DataFormat format, const std::string& d
                   std::to_string(c.source_max_len) + "\ntarget_max_len " + std::to_string(c.target_max_len) +
                   "\nmax_seq_len " + std::to_string(c.max_seq_len) + "\non_error " + to_string(c.on_error) + "\nbos " +
                   s.ctx.special.bos + "\neos " + s.ctx.special.eos;
-  if (format == DataFormat::kMessages || format == DataFormat::kShareGpt)
-    k += "\ntemplate " + to_string(s.ctx.chat.name) + " system=" + s.ctx.chat.default_system;
+  if (format == DataFormat::kMessages || format == DataFormat::kShareGpt) {
+    k += "\ntemplate " + content_hash(s.ctx.chat.source) + " vars " + s.ctx.chat.vars.dump() + " now " + jinja::format_timestamp(s.ctx.chat.now);
+    for (const auto& [name, tok] : s.ctx.chat.special_tokens) k += "\n" + name + " " + tok;
+  }
   if (format == DataFormat::kShareGpt)
     for (const auto& [from, to] : c.sharegpt_role_map) k += "\nrole " + from + "=" + to;
   return k;
@@ -74,7 +78,10 @@ std::vector<Outcome> tokenize_records(const std::vector<Record>& records, const 
       for (size_t i = begin; i < std::min(records.size(), begin + 64); ++i) {
         try {
           const RenderedRecord rr = render_record(records[i], ctx);
-          out[i] = tokenize_example(rr.example, *s.tok, s.config->max_seq_len, rr.split_to_max_len);
+          TokenizeOutcome t = tokenize_example(rr.example, *s.tok, s.config->max_seq_len, rr.split_to_max_len);
+          t.unlocated_turns = rr.unlocated_turns;
+          t.special_text_in_content = rr.special_text_in_content;
+          out[i] = std::move(t);
         } catch (const InputError& e) {
           out[i] = std::string(e.what());
         } catch (...) {
@@ -124,6 +131,8 @@ CachedTokens tokenize_file(const DataFile& f, const Settings& s, const FormatCon
     const auto& t = std::get<TokenizeOutcome>(o);
     c.counts.truncated += t.truncated;
     c.counts.truncated_lost_eos += t.lost_eos;
+    c.counts.unlocated_turns += t.unlocated_turns;
+    c.counts.special_text_in_content += t.special_text_in_content;
     for (const auto& piece : t.pieces) {
       const int64_t labels = count_label_tokens(piece);
       if (labels == 0) {
@@ -138,6 +147,24 @@ CachedTokens tokenize_file(const DataFile& f, const Settings& s, const FormatCon
     }
   }
   return c;
+}
+
+// The time strftime_now sees: data.template_date, or the first build's time pinned in the cache
+// directory (the run's own by default), so a resumed run and `qtrain data preview` render the same text.
+std::tm chat_template_time(const DataConfig& config, const std::filesystem::path& cache_dir) {
+  if (!config.template_date.empty()) return jinja::parse_timestamp(config.template_date, "data.template_date");
+  const auto pin = cache_dir / "chat_template_date";
+  if (std::filesystem::exists(pin)) {
+    std::string text = read_file_bytes(pin);
+    while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+    return jinja::parse_timestamp(text, pin.string());
+  }
+  const std::time_t t = std::time(nullptr);
+  std::tm now{};
+  localtime_r(&t, &now);
+  std::filesystem::create_directories(cache_dir);
+  write_file_atomic(pin, jinja::format_timestamp(now) + "\n");
+  return jinja::parse_timestamp(jinja::format_timestamp(now), pin.string());
 }
 
 CachedTokens load_or_build(const DataFile& f, const Settings& s, const std::filesystem::path& cache_dir, DataReport& r) {
@@ -216,6 +243,7 @@ TokenizedDataset build_dataset(const DataConfig& config, const Tokenizer& tok, c
                    (r.eos_id ? " (EOS)" : "") + " with label -100 and segment -1 (the id itself is never attended to or trained)";
   r.pad_used = r.pad_id.value_or(r.eos_id.value_or(0));
 
+  const auto cache_dir = config.cache_dir.empty() ? default_data_cache_dir() : config.cache_dir;
   bool needs_template = false;
   for (const auto* files : {&config.files, &config.eval_files})
     for (const auto& f : *files) {
@@ -224,12 +252,13 @@ TokenizedDataset build_dataset(const DataConfig& config, const Tokenizer& tok, c
     }
   r.format = to_string(config.format);
   if (needs_template) {
-    s.ctx.chat = resolve_chat_template(config.template_name, model_dir);
-    r.template_used = to_string(s.ctx.chat.name) + " (" + s.ctx.chat.origin + ")";
+    const std::tm now = chat_template_time(config, cache_dir);
+    s.ctx.chat = resolve_chat_template(chat_template_spec(config), model_dir, template_vars_json(config), now,
+                                       config.chat_template.empty() ? "data.template_name" : "data.chat_template");
+    r.template_used = s.ctx.chat.name + " (" + s.ctx.chat.origin + "), strftime_now at " + jinja::format_timestamp(now);
   } else {
     r.template_used = "none (format " + r.format + " has its own prompt)";
   }
-  const auto cache_dir = config.cache_dir.empty() ? default_data_cache_dir() : config.cache_dir;
 
   // Train files, each with its examples' range in `all`.
   ExampleSet all;

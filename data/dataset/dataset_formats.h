@@ -4,9 +4,12 @@
 //             only the replies after each "### Assistant:" marker (and the final EOS).
 //   alpaca    {"instruction", "input"?, "output"}: QLoRA's Alpaca prompt (with / without input) as
 //             the source, output + EOS as the target.
-//   messages  {"messages": [{"role", "content": str | [{"type": "text", "text"|"value": str}], "loss_weight"?}]}
-//   sharegpt  {"conversations": [{"from", "value"}]}: human/user, gpt/assistant, system, plus
-//             DataConfig::sharegpt_role_map; other roles are rejected.
+//   messages  {"messages": [{"role", "content": str | [{"type": "text", "text"|"value": str}], "loss_weight"?,
+//             "tool_calls"?, ...}], "tools"?}: the messages as the chat template sees them
+//   sharegpt  {"conversations": [{"from", "value"}], "tools"?}: human/user, gpt/assistant, system,
+//             function_call (→ assistant tool_calls), observation (→ tool), plus DataConfig::sharegpt_role_map.
+//   Both render through the run's chat template (chat_template.h); tool data needs a template with
+//   tool support (an InputError otherwise).
 //   text      {"text"} or a .txt file: BOS + text + EOS, all trained, cut into max_seq_len pieces.
 #pragma once
 
@@ -30,6 +33,8 @@ struct FormatContext {
 struct RenderedRecord {
   RenderedExample example;
   bool split_to_max_len = false;  // format text: cut into max_seq_len pieces instead of truncating
+  int64_t unlocated_turns = 0;    // trained chat messages whose text the rendering does not show
+  int64_t special_text_in_content = 0;  // special-token strings inside chat message content
 };
 
 // Throws InputError "<file>:<line>: <what was expected and found>" for a record the format cannot read.

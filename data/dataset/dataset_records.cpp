@@ -70,7 +70,7 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
     if (const size_t bad = utf8::find_invalid(text); bad != std::string::npos)
       on_bad(name + ":" + std::to_string(line_of(text, bad)) + ": invalid UTF-8 at byte " + std::to_string(bad));
     else
-      on_record(Record{nlohmann::json{{"text", text}}, name + ":1"});
+      on_record(Record{nlohmann::ordered_json{{"text", text}}, name + ":1"});
     return;
   }
 
@@ -82,9 +82,9 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
   // A single deep object is read line by line below, where the deep line is reported on its own.
   if (!lines && text[first] == '{' && json_too_deep_at(text) == std::string::npos) {
     // json::exception, not only parse_error: a number too large for a double is an out_of_range.
-    nlohmann::json j;
+    nlohmann::ordered_json j;
     try {
-      j = nlohmann::json::parse(text);
+      j = nlohmann::ordered_json::parse(text);
     } catch (const nlohmann::json::exception&) {
       lines = true;
     }
@@ -107,9 +107,9 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
         on_bad(where + too_deep);
         continue;
       }
-      nlohmann::json j;
+      nlohmann::ordered_json j;
       try {
-        j = nlohmann::json::parse(line);
+        j = nlohmann::ordered_json::parse(line);
       } catch (const nlohmann::json::exception& e) {
         const size_t bad = utf8::find_invalid(line);
         if (bad != std::string::npos)
@@ -125,10 +125,10 @@ void read_records(const std::filesystem::path& file, const std::function<void(co
 
   if (const size_t deep = json_too_deep_at(text); deep != std::string::npos)
     throw InputError(name + ":" + std::to_string(line_of(text, deep)) + too_deep);
-  nlohmann::json all;
+  nlohmann::ordered_json all;
   try {
-    all = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+    all = nlohmann::ordered_json::parse(text);
+  } catch (const nlohmann::ordered_json::parse_error& e) {
     const size_t at = e.byte == 0 ? 0 : e.byte - 1;
     const size_t bad = utf8::find_invalid(text);
     if (bad != std::string::npos)

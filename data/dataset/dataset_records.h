@@ -12,7 +12,7 @@
 namespace qtrain {
 
 struct Record {
-  nlohmann::json value;
+  nlohmann::ordered_json value;  // key order kept, as Python reads it (templates print tool arguments in order)
   std::string where;  // "data/train.jsonl:17"
 };
 

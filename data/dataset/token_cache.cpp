@@ -14,15 +14,17 @@ constexpr int kFormatVersion = 1;
 constexpr const char* kVersionAttribute = "qtrain_token_cache_version";
 
 // The counts, in a fixed order, as one int64 dataset.
-constexpr size_t kNumCounts = 9;
+constexpr size_t kNumCounts = 11;
 void counts_to_array(const FileCounts& c, int64_t* a) {
   const int64_t v[kNumCounts] = {c.records,   c.skipped,           c.examples, c.dropped_no_labels, c.truncated,
-                                 c.truncated_lost_eos, c.without_trained_eos, c.tokens,   c.label_tokens};
+                                 c.truncated_lost_eos, c.without_trained_eos, c.tokens,   c.label_tokens,
+                                 c.unlocated_turns, c.special_text_in_content};
   std::memcpy(a, v, sizeof(v));
 }
 void counts_from_array(const int64_t* a, FileCounts& c) {
   int64_t* f[kNumCounts] = {&c.records,   &c.skipped,           &c.examples, &c.dropped_no_labels, &c.truncated,
-                            &c.truncated_lost_eos, &c.without_trained_eos, &c.tokens,   &c.label_tokens};
+                            &c.truncated_lost_eos, &c.without_trained_eos, &c.tokens,   &c.label_tokens,
+                            &c.unlocated_turns, &c.special_text_in_content};
   for (size_t i = 0; i < kNumCounts; ++i) *f[i] = a[i];
 }
 

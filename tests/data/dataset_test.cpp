@@ -292,7 +292,8 @@ TEST_F(DatasetTest, UnknownFormatOrTemplateIsAUsageError) {
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("data.template_name: 'vicuna' is not one of: auto, llama-2"), std::string::npos) << e.what();
   }
-  // A model whose chat_template is unknown: auto detection fails clearly.
+  // A model's own template is rendered whatever it is (no fingerprints): one that drops the assistant's
+  // reply leaves nothing to train, and says so.
   fs::create_directories(dir_ / "model");
   for (const auto& e : fs::directory_iterator(kModel)) fs::copy(e.path(), dir_ / "model" / e.path().filename());
   std::ofstream(dir_ / "model" / "tokenizer_config.json") << R"({"chat_template": "{{ messages[0]['content'] }}", "bos_token": "<s>", "eos_token": "</s>"})";
@@ -300,17 +301,23 @@ TEST_F(DatasetTest, UnknownFormatOrTemplateIsAUsageError) {
   auto c = config(f, DataFormat::kMessages);
   try {
     build_dataset(c, *tok_, dir_ / "model", nullptr);
-    FAIL() << "expected a UsageError";
-  } catch (const UsageError& e) {
-    EXPECT_NE(std::string(e.what()).find("chat_template is not one qtrain knows"), std::string::npos) << e.what();
+    FAIL() << "expected an InputError";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("no example has a trained token"), std::string::npos) << e.what();
   }
+  // An unknown template name or a missing .jinja file is a usage error naming the key.
+  c.chat_template = "vicuna";
+  EXPECT_NE(data_config_problems(c).at(0).second.find("'vicuna' is not auto, a built-in name"), std::string::npos);
+  c.chat_template = (dir_ / "missing.jinja").string();
+  EXPECT_THROW(build_dataset(c, *tok_, dir_ / "model", nullptr), UsageError);
 }
 
 TEST_F(DatasetTest, Llama2NeedsAlternatingRoles) {
   const auto f = write("m.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, {\"role\": \"user\", \"content\": \"b\"}]}\n");
   auto c = config(f, DataFormat::kMessages);
   c.template_name = ChatTemplateName::kLlama2;
-  EXPECT_NE(error_of(c).find("m.jsonl:1: message 1: the llama-2 template needs roles alternating"), std::string::npos) << error_of(c);
+  EXPECT_NE(error_of(c).find("m.jsonl:1: the chat template refuses this conversation: Conversation roles must alternate"), std::string::npos)
+      << error_of(c);
 }
 
 // ---------------------------------------------------------------- the shared datasets

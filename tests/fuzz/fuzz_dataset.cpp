@@ -1,6 +1,6 @@
 // Dataset files of every format: read_records (.jsonl lines, a .json array or object, a .txt file;
 // data/dataset/dataset_records.cpp), then render_record for each record (guanaco, alpaca, messages,
-// sharegpt, text; data/dataset/dataset_formats.cpp) through each built-in chat template.
+// sharegpt, text; data/dataset/dataset_formats.cpp) through each built-in chat template (Jinja, data/jinja/).
 // Input: byte 0 picks the file extension and the format, byte 1 the chat template and train_on;
 // the rest is the file.
 #include "data/dataset/dataset_formats.h"
@@ -33,8 +33,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FormatContext ctx;
   ctx.format = kFormats[(a / 3) % 5];
   ctx.train_on = kTrainOn[(b / 5) % 3];
-  ctx.chat.name = kTemplates[b % 5];
-  if (b & 0x40) ctx.chat.default_system = "You are a helpful assistant.";
+  // A built-in template's Jinja text, as resolve_chat_template sets it up (without a model directory).
+  ctx.chat.source = builtin_template_source(kTemplates[b % 5]);
+  ctx.chat.name = to_string(kTemplates[b % 5]);
+  ctx.chat.origin = "built-in " + ctx.chat.name;
+  if (b & 0x20) ctx.chat.special_tokens = {{"bos_token", "<s>"}, {"eos_token", "</s>"}};
+  if (b & 0x40) ctx.chat.vars = {{"enable_thinking", false}};
+  ctx.chat.tmpl = std::make_shared<const jinja::Template>(ctx.chat.source, ctx.chat.origin);
   ctx.special = (b & 0x20) ? SpecialText{"<s>", "</s>"} : SpecialText{};
   ctx.config = &config;
 

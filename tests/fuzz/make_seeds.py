@@ -233,12 +233,34 @@ def dataset_seeds(shared, out, repo):
         {"role": "assistant", "content": "Hello", "loss_weight": 1}]}).encode())
 
 
+def jinja_seeds(shared, out):
+    """The real chat templates (tests/fuzz/fuzz_jinja.cpp), alone and with a conversation, plus every construct."""
+    d = out / "jinja"
+    d.mkdir(parents=True, exist_ok=True)
+    conv = dumps([{"role": "system", "content": "sys"}, {"role": "user", "content": "Hi"},
+                  {"role": "assistant", "content": "Yo", "tool_calls": [{"id": "abcdefghi", "function": {"name": "f", "arguments": {"x": 1}}}]},
+                  {"role": "tool", "content": "ok", "tool_call_id": "abcdefghi"}])
+    templates = shared / "chat-templates"
+    if templates.is_dir():
+        for p in sorted(templates.glob("*.jinja")):
+            (d / p.stem).write_bytes(p.read_bytes())
+            (d / f"{p.stem}-conv").write_bytes(parts(p.read_bytes(), conv))
+    (d / "constructs").write_text(
+        "{%- macro m(a, b=2) %}{{ a ~ b }}{{ caller() if caller is defined }}{% endmacro -%}\n"
+        "{% call m(1) %}c{% endcall %}{% filter upper %}x{% endfilter %}{% with q = [1, 2][::-1] %}{{ q | join(',') }}{% endwith %}\n"
+        "{% set ns = namespace(n=0) %}{% for k, v in {'a': 1}.items() if v > 0 %}{% set ns.n = ns.n + loop.index %}{% break %}{% endfor %}\n"
+        "{{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | list | tojson(indent=2) }}\n"
+        "{# comment #}{% raw %}{{ raw }}{% endraw %}{{ '%d' | length }}{{ strftime_now('%Y') }}{{ x is defined and 1 < 2 <= 3 }}\n"
+        "{% set b %}{{ range(3) | sum }}{% endset %}{{ b | int * 2 ** 3 // 5 % 4 }}{{ 'a b'.split()[-1].upper() }}{{ raise_exception('e') if false }}")
+
+
 def main():
     shared, repo, out = (pathlib.Path(a) for a in sys.argv[1:4])
     out.mkdir(parents=True, exist_ok=True)
     hf_config_seeds(shared, out, repo)
     recipe_seeds(out, repo)
     dataset_seeds(shared, out, repo)
+    jinja_seeds(shared, out)
     if (shared / "tokenizers").is_dir():
         tokenizer_json_seeds(shared, out)
         vocab_merges_seeds(shared, out)

@@ -191,12 +191,126 @@ def test_plain(tmp_path):
     compare("plain", tok, d, conversations(True), "plain", tmp_path, sentencepiece=True)
 
 
-def test_unknown_template_fails_clearly(tmp_path):
+def test_model_template_is_rendered_whatever_it_is(tmp_path):
+    """No fingerprints: the model's own template is rendered as it is. This one drops the assistant's reply,
+    so nothing is left to train, and the error says so (exit 3)."""
     d = with_config(tmp_path, "odd", os.path.join(SHARED, "tokenizers", "llama2-spm"),
                     {"bos_token": "<s>", "eos_token": "</s>", "chat_template": "{{ messages[0]['content'] }}"})
     f = tmp_path / "c.jsonl"
     f.write_text(json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) + "\n")
     r = subprocess.run([BINARY, "data", "preview", "--model", str(d), "--file", str(f), "--format", "messages", "--ids",
                         "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    assert "chat_template is not one qtrain knows" in r.stderr
+    assert r.returncode == 3, r.stderr
+    assert "no example has a trained token" in r.stderr
+
+
+TEMPLATES = os.path.join(SHARED, "chat-templates")
+
+
+def _qwen_dir(tmp_path, name, template_file):
+    src = os.path.join(SHARED, "tokenizers", "qwen2")
+    with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    with open(os.path.join(TEMPLATES, template_file), encoding="utf-8") as f:
+        cfg["chat_template"] = f.read()
+    return with_config(tmp_path, name, src, cfg)
+
+
+def _expected_mask(tok, conv, ids):
+    """The documented rule, computed independently in Python: per assistant message, the characters from
+    the end of render(messages[:i], add_generation_prompt=True) to the end of render(messages[:i+1]), less
+    the whitespace after the turn's closing '>'; a token is trained when its characters overlap."""
+    full = tok.apply_chat_template(conv, tokenize=False)
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    assert enc["input_ids"] == ids
+    spans = []
+    for i, m in enumerate(conv):
+        if m["role"] != "assistant":
+            continue
+        before = tok.apply_chat_template(conv[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        after = tok.apply_chat_template(conv[: i + 1], tokenize=False)
+        assert full.startswith(before) and full.startswith(after)
+        end = len(after)
+        trimmed = after.rstrip(" \n\t\r")
+        if len(trimmed) > len(before) and trimmed.endswith(">"):
+            end = len(trimmed)
+        spans.append((len(before), end))
+    return "".join("1" if any(a < e and b > s for s, e in spans) else "0" for a, b in enc["offset_mapping"])
+
+
+@pytest.mark.parametrize("template", ["Qwen-Qwen2.5-7B-Instruct.jinja", "Qwen-Qwen2-7B-Instruct.jinja", "Felladrin-Llama-68M-Chat-v1.jinja"])
+def test_real_templates_ids_and_mask(template, tmp_path):
+    """The shared Qwen/ChatML templates with the Qwen2 tokenizer: ids == apply_chat_template(tokenize=True),
+    and the trained mask == the documented rule (assistant content + <|im_end|>, not the header, not the \n)."""
+    d = _qwen_dir(tmp_path, "qwen", template)
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    convs = conversations(True)
+    ours = qtrain_ids(d, convs, None, tmp_path)
+    for conv, (ids, mask) in zip(convs, ours):
+        assert ids == hf_ids(tok, conv), conv
+        assert mask == _expected_mask(tok, conv, ids), conv
+
+
+# Qwen's ChatML with transformers' {% generation %} marks around each assistant reply.
+GENERATION_CHATML = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_generation_mask_equals_transformers(tmp_path):
+    """A template with {% generation %}: the trained mask is exactly return_assistant_tokens_mask."""
+    src = os.path.join(SHARED, "tokenizers", "qwen2")
+    with open(os.path.join(src, "tokenizer_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg["chat_template"] = GENERATION_CHATML
+    d = with_config(tmp_path, "gen", src, cfg)
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    convs = conversations(True)
+    ours = qtrain_ids(d, convs, None, tmp_path)
+    for conv, (ids, mask) in zip(convs, ours):
+        out = tok.apply_chat_template(conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert ids == list(out["input_ids"]), conv
+        assert mask == "".join(str(x) for x in out["assistant_masks"]), conv
+
+
+def test_tool_call_data_matches_transformers(tmp_path):
+    """ShareGPT tool data (function_call / observation / tools) through Qwen2.5's template: the same ids as
+    apply_chat_template on the OpenAI-style conversation (assistant tool_calls, tool messages, tools)."""
+    d = _qwen_dir(tmp_path, "qwen-tools", "Qwen-Qwen2.5-7B-Instruct.jinja")
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    with open(os.path.join(SHARED, "datasets", "sharegpt-format", "glaive_toolcall_en_demo.json"), encoding="utf-8") as f:
+        records = json.load(f)[:25]
+    f = tmp_path / "tools.json"
+    f.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    r = subprocess.run([BINARY, "data", "preview", "--model", str(d), "--file", str(f), "--format", "sharegpt", "--ids", "-n", "0",
+                        "--max-seq-len", "100000", "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("\t") for line in r.stdout.splitlines()]
+    assert len(rows) == len(records)
+    n_calls = 0
+    for rec, (ids, mask) in zip(records, rows):
+        msgs, last = [], None
+        for i, m in enumerate(rec["conversations"]):
+            role = {"human": "user", "gpt": "assistant", "system": "system"}.get(m["from"])
+            if role:
+                msgs.append({"role": role, "content": m["value"]})
+            elif m["from"] == "function_call":
+                call = json.loads(m["value"])
+                last = {"type": "function", "id": "call%05d" % i, "function": {"name": call["name"], "arguments": call.get("arguments", {})}}
+                msgs.append({"role": "assistant", "content": "", "tool_calls": [last]})
+                n_calls += 1
+            else:
+                msgs.append({"role": "tool", "content": m["value"], "tool_call_id": last["id"], "name": last["function"]["name"]})
+        tools = [{"type": "function", "function": t} for t in json.loads(rec["tools"])] if rec.get("tools") else None
+        theirs = tok.apply_chat_template(msgs, tools=tools, tokenize=True)
+        if hasattr(theirs, "keys"):
+            theirs = theirs["input_ids"]
+        assert [int(x) for x in ids.split()] == list(theirs), msgs
+        trained = tok.decode([int(x) for x, m in zip(ids.split(), mask) if m == "1"])
+        for m in msgs:
+            if m.get("tool_calls"):
+                assert m["tool_calls"][0]["function"]["name"] in trained  # the call is trained: the model learns to call
+    assert n_calls > 0

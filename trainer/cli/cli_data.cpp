@@ -55,7 +55,11 @@ DataJob job_from_options(const po::variables_map& vm, const std::string& verb) {
   }
   // Explicit options refine a recipe too.
   if (vm.count("format")) job.data.format = parse_data_format(vm["format"].as<std::string>(), "--format");
-  if (vm.count("template")) job.data.template_name = parse_chat_template_name(vm["template"].as<std::string>(), "--template");
+  if (vm.count("template")) {
+    job.data.chat_template = vm["template"].as<std::string>();
+    for (const auto& [key, msg] : data_config_problems(job.data))
+      if (key == "chat_template") throw UsageError("--template: " + msg);
+  }
   if (vm.count("train-on")) job.data.train_on = parse_train_on(vm["train-on"].as<std::string>(), "--train-on");
   if (vm.count("on-error")) job.data.on_error = parse_on_error(vm["on-error"].as<std::string>(), "--on-error");
   if (vm.count("max-seq-len")) job.data.max_seq_len = vm["max-seq-len"].as<int64_t>();
@@ -78,7 +82,7 @@ void add_common_options(VerbSpec& spec) {
       ("model", po::value<std::string>(), "model (tokenizer) directory, without a recipe")
       ("file", po::value<std::vector<std::string>>()->composing(), "dataset file (.json, .jsonl, .txt), without a recipe")
       ("format", po::value<std::string>(), "guanaco|alpaca|messages|sharegpt|text")
-      ("template", po::value<std::string>(), "auto|llama-2|llama-3|chatml|mistral|plain")
+      ("template", po::value<std::string>(), "auto (the model's own)|llama-2|llama-3|chatml|mistral|plain|FILE.jinja")
       ("train-on", po::value<std::string>(), "target|assistant|all")
       ("on-error", po::value<std::string>(), "fail|skip")
       ("max-seq-len", po::value<int64_t>(), "cut examples to this many tokens")

@@ -2,10 +2,13 @@
 //                 [--max-new-tokens N] [--greedy | --temperature T --top-p P --top-k K --seed S] [--print-ids]
 // KV-cached decoding (export/generate.h). The prompt is either text (encoded with the special tokens
 // the tokenizer adds: BOS for Llama), a conversation rendered with the model's chat template plus the
-// assistant cue (data/dataset/chat_template.h generation_prompt), or token ids as given.
+// assistant cue (apply_chat_template(add_generation_prompt=True), data/dataset/chat_template.h
+// render_prompt), or token ids as given.
 // stdout: the generated text (special tokens skipped); with --print-ids, then two lines
 // "prompt_ids: 1,2,3" and "new_ids: 4,5,6". stderr: one summary line (and the seed when drawn).
 #include <chrono>
+#include <ctime>
+#include <fstream>
 #include <iostream>
 #include <random>
 
@@ -33,26 +36,33 @@ std::string join(const std::vector<int64_t>& ids) {
 // A messages file: [{"role", "content"}, ...] or {"messages": [...]} (one record of the messages
 // dataset format, whose reader checks each message), rendered as the whole conversation + the cue
 // for the assistant's answer, then tokenized as a chat template's text is (no added specials).
-std::vector<int64_t> render_messages(const fs::path& file, const fs::path& model_dir, ChatTemplateName template_name,
+std::vector<int64_t> render_messages(const fs::path& file, const fs::path& model_dir, const std::string& template_spec,
                                      const Tokenizer& tok) {
-  nlohmann::json j = read_json_file(file);
-  if (j.is_array()) j = nlohmann::json{{"messages", std::move(j)}};
-  if (!j.is_object() || !j.contains("messages"))
+  nlohmann::ordered_json j;
+  try {
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw InputError(file.string() + ": cannot read the file");
+    j = nlohmann::ordered_json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(file.string() + ": not valid JSON: " + e.what());
+  }
+  if (j.is_object() && j.contains("messages")) j = j["messages"];
+  if (!j.is_array() || j.empty())
     throw InputError(file.string() + ": expected a list of messages [{\"role\": ..., \"content\": ...}] or {\"messages\": [...]}");
-  const auto& msgs = j["messages"];
-  if (msgs.is_array() && !msgs.empty() && msgs.back().is_object() && msgs.back().value("role", "") == "assistant")
+  for (size_t i = 0; i < j.size(); ++i) {
+    const auto& m = j[i];
+    const std::string role = m.is_object() && m.contains("role") && m["role"].is_string() ? m["role"].get<std::string>() : "";
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool")
+      throw InputError(file.string() + ": message " + std::to_string(i) + ": role '" + role + "' is not one of: system, user, assistant, tool");
+  }
+  if (j.back().is_object() && j.back().value("role", "") == "assistant")
     throw InputError(file.string() + ": the last message is the assistant's; generation answers a user turn "
                      "(drop the final assistant message)");
-  FormatContext ctx;
-  ctx.format = DataFormat::kMessages;
-  ctx.train_on = TrainOn::kAll;
-  ctx.chat = resolve_chat_template(template_name, model_dir);
-  if (tok.bos_id()) ctx.special.bos = tok.id_to_token(*tok.bos_id());
-  if (tok.eos_id()) ctx.special.eos = tok.id_to_token(*tok.eos_id());
-  const RenderedRecord r = render_record(Record{j, file.string()}, ctx);
-  std::string text;
-  for (const Chunk& c : r.example.chunks) text += c.text;
-  text += generation_prompt(ctx.chat);
+  const std::time_t now_t = std::time(nullptr);
+  std::tm now{};
+  localtime_r(&now_t, &now);
+  const ChatTemplate chat = resolve_chat_template(template_spec, model_dir, nlohmann::ordered_json::object(), now, "--template");
+  const std::string text = render_prompt(chat, j, file.string());
   const auto ids = tok.encode(text, /*add_special=*/false);
   return {ids.begin(), ids.end()};
 }
@@ -83,7 +93,7 @@ int run_generate(const std::vector<std::string>& args) {
       ("top-p", po::value<double>(), "sample from the smallest top set with probability mass >= P (default: generation_config.json, else 1)")
       ("seed", po::value<uint64_t>(), "sampling seed (default: drawn and printed)")
       ("print-ids", "also print the prompt and new token ids")
-      ("template", po::value(&template_name)->default_value("auto"), "chat template for --messages: auto|llama-2|llama-3|chatml|mistral|plain")
+      ("template", po::value(&template_name)->default_value("auto"), "chat template for --messages: auto (the model's own)|llama-2|llama-3|chatml|mistral|plain|FILE.jinja")
       ("adapter", po::value(&adapter), "a PEFT LoRA adapter directory to apply")
       ("dtype", po::value(&dtype)->default_value("float32"), "weights and compute dtype: float32, bfloat16, float16")
       ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
@@ -100,7 +110,11 @@ int run_generate(const std::vector<std::string>& args) {
                      ": give exactly one of --prompt TEXT, --messages FILE.json, --ids 1,2,3");
   std::vector<int64_t> prompt_ids;
   if (vm->count("ids")) prompt_ids = parse_id_list(id_list, "ids");
-  const ChatTemplateName chat = parse_chat_template_name(template_name, "--template");
+  {
+    bool known = template_name.size() > 6 && template_name.substr(template_name.size() - 6) == ".jinja";
+    for (const auto& [e, n] : chat_template_names()) known = known || n == template_name;
+    if (!known) parse_chat_template_name(template_name, "--template");  // the UsageError listing the names
+  }
   const bool sampling_given = vm->count("temperature") || vm->count("top-k") || vm->count("top-p") || vm->count("seed");
   if (vm->count("greedy") && sampling_given)
     throw UsageError("--greedy takes no --temperature, --top-k, --top-p or --seed (those are for sampling)");
@@ -142,7 +156,7 @@ int run_generate(const std::vector<std::string>& args) {
     const auto ids = tok->encode(prompt, /*add_special=*/true);
     prompt_ids.assign(ids.begin(), ids.end());
   } else if (vm->count("messages")) {
-    prompt_ids = render_messages(messages, dir, chat, *tok);
+    prompt_ids = render_messages(messages, dir, template_name, *tok);
   }
   if (prompt_ids.empty()) throw UsageError("the prompt is empty after tokenization (the tokenizer adds no BOS): give some text");
 

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <functional>
 #include <sstream>
+#include <tuple>
 
 #include "trainer/model/linear_modules.h"
 #include "data/error.h"
@@ -22,7 +23,11 @@ const Table<DtypeChoice> kDtypes = {{DtypeChoice::kAuto, "auto"}, {DtypeChoice::
 const Table<DeviceChoice> kDevices = {{DeviceChoice::kAuto, "auto"}, {DeviceChoice::kCpu, "cpu"}, {DeviceChoice::kCuda, "cuda"}};
 const Table<Schedule> kSchedules = {{Schedule::kConstant, "constant"}, {Schedule::kLinear, "linear"}, {Schedule::kCosine, "cosine"}};
 const Table<NanPolicy> kNanPolicies = {{NanPolicy::kStop, "stop"}, {NanPolicy::kSkip, "skip"}};
-const Table<ExportFormat> kExportFormats = {{ExportFormat::kNone, "none"}, {ExportFormat::kMerged, "merged"}, {ExportFormat::kGptq, "gptq"}};
+const Table<ExportFormat> kExportFormats = {{ExportFormat::kNone, "none"},
+                                            {ExportFormat::kMerged, "merged"},
+                                            {ExportFormat::kGptq, "gptq"},
+                                            {ExportFormat::kAwq, "awq"},
+                                            {ExportFormat::kGguf, "gguf"}};
 const Table<DistBackend> kDistBackends = {{DistBackend::kAuto, "auto"}, {DistBackend::kGloo, "gloo"}, {DistBackend::kNccl, "nccl"}};
 const Table<ops::QuantType> kQuantTypes = {{ops::QuantType::kNF4, "nf4"}, {ops::QuantType::kFP4, "fp4"}};
 
@@ -206,12 +211,16 @@ std::vector<Field> all_fields() {
       QT_E("training.compute_dtype", kDtypes, training.compute_dtype),
       QT_E("training.device", kDevices, training.device),
       QT_E("training.on_nan", kNanPolicies, training.on_nan),
+      QT_F(bool, "training.offload_checkpoints", training.offload_checkpoints, show_bool),
       QT_F(std::string, "optimizer.name", optimizer.name, show_str),
       QT_F(int64_t, "optimizer.bits", optimizer.bits, show_i64),
       QT_F(bool, "optimizer.paged", optimizer.paged, show_bool),
       QT_F(double, "optimizer.beta1", optimizer.beta1, show_f64),
       QT_F(double, "optimizer.beta2", optimizer.beta2, show_f64),
       QT_F(double, "optimizer.eps", optimizer.eps, show_f64),
+      QT_F(int64_t, "optimizer.min_8bit_size", optimizer.min_8bit_size, show_i64),
+      QT_F(double, "optimizer.device_budget_mb", optimizer.device_budget_mb, show_f64),
+      QT_F(int64_t, "optimizer.page_kb", optimizer.page_kb, show_i64),
       QT_F(int64_t, "schedule.log_every", schedule.log_every, show_i64),
       QT_F(int64_t, "schedule.eval_every", schedule.eval_every, show_i64),
       QT_F(int64_t, "schedule.save_every", schedule.save_every, show_i64),
@@ -227,6 +236,8 @@ std::vector<Field> all_fields() {
       QT_F(bool, "export.static_groups", export_.static_groups, show_bool),
       QT_F(double, "export.damp", export_.damp, show_f64),
       QT_F(bool, "export.true_sequential", export_.true_sequential, show_bool),
+      QT_F(bool, "export.zero_point", export_.zero_point, show_bool),
+      QT_F(std::string, "export.gguf_type", export_.gguf_type, show_str),
       QT_F(std::string, "export.calib", export_.calib, show_str),
       QT_F(int64_t, "export.calib_samples", export_.calib_samples, show_i64),
       QT_F(int64_t, "export.calib_len", export_.calib_len, show_i64),
@@ -295,6 +306,9 @@ std::vector<std::pair<std::string, std::string>> export_problems(const ExportSec
   if (e.dtype != "auto" && e.dtype != "bfloat16" && e.dtype != "float16" && e.dtype != "float32")
     p.emplace_back("dtype", "'" + e.dtype + "' is not one of: auto, bfloat16, float16, float32");
   if (e.bits != 4 && e.bits != 8) p.emplace_back("bits", "must be 4 or 8, found " + std::to_string(e.bits));
+  if (e.format == ExportFormat::kAwq && e.bits != 4) p.emplace_back("bits", "AWQ's GEMM layout holds 4 bits only, found " + std::to_string(e.bits));
+  if (e.gguf_type != "f16" && e.gguf_type != "q8_0" && e.gguf_type != "q4_k_m")
+    p.emplace_back("gguf_type", "'" + e.gguf_type + "' is not one of: f16, q8_0, q4_k_m");
   if (e.group_size != -1 && (e.group_size < 8 || e.group_size % 8 != 0))
     p.emplace_back("group_size", "must be -1 (one group per row) or a positive multiple of 8, found " + std::to_string(e.group_size));
   if (!(e.damp > 0 && e.damp < 1)) p.emplace_back("damp", "must be in (0, 1), found " + yaml_number(e.damp));
@@ -305,6 +319,24 @@ std::vector<std::pair<std::string, std::string>> export_problems(const ExportSec
   if (e.eval_len < 2) p.emplace_back("eval_len", "must be at least 2 tokens");
   if (e.eval_windows < 0) p.emplace_back("eval_windows", "must be >= 0 (0 = all)");
   return p;
+}
+
+// The ecosystem's names (HF Trainer's optim, formats.md §2.1) set bits and paged; the resolved recipe says
+// "adamw" with both, so --print-config, the run's config.yaml and the hash have one spelling. A long-form value
+// that contradicts the name is an error (bits: 32 and paged: false are the defaults and cannot contradict).
+void resolve_optimizer_name(OptimizerSection& o, Problems& p) {
+  static const std::vector<std::tuple<std::string, int64_t, bool>> kNames = {
+      {"adamw_32bit", 32, false}, {"adamw_8bit", 8, false}, {"paged_adamw_32bit", 32, true}, {"paged_adamw_8bit", 8, true}};
+  for (const auto& [name, bits, paged] : kNames) {
+    if (o.name != name) continue;
+    if (o.bits != 32 && o.bits != bits)
+      p.add("optimizer.bits", std::to_string(o.bits) + " contradicts optimizer.name " + name);
+    if (o.paged && !paged) p.add("optimizer.paged", "true contradicts optimizer.name " + name);
+    o.name = "adamw";
+    o.bits = bits;
+    o.paged = paged;
+    return;
+  }
 }
 
 void validate(const Recipe& r, Problems& p) {
@@ -331,8 +363,12 @@ void validate(const Recipe& r, Problems& p) {
   if (r.training.warmup_steps < 0) p.add("training.warmup_steps", "must be >= 0");
   if (r.training.max_grad_norm < 0) p.add("training.max_grad_norm", "must be >= 0 (0 disables clipping)");
   if (r.training.weight_decay < 0) p.add("training.weight_decay", "must be >= 0");
-  if (r.optimizer.name != "adamw") p.add("optimizer.name", "'" + r.optimizer.name + "' is not supported (expected adamw)");
-  if (r.optimizer.bits != 32) p.add("optimizer.bits", "only 32-bit optimizer state is implemented so far, found " + std::to_string(r.optimizer.bits));
+  if (r.optimizer.name != "adamw")
+    p.add("optimizer.name", "'" + r.optimizer.name + "' is not supported (expected adamw, adamw_32bit, adamw_8bit, paged_adamw_32bit, paged_adamw_8bit)");
+  if (r.optimizer.bits != 32 && r.optimizer.bits != 8) p.add("optimizer.bits", "must be 32 or 8, found " + std::to_string(r.optimizer.bits));
+  if (r.optimizer.min_8bit_size < 0) p.add("optimizer.min_8bit_size", "must be >= 0");
+  if (r.optimizer.device_budget_mb < 0) p.add("optimizer.device_budget_mb", "must be >= 0 (0 = what the memory planner leaves free)");
+  if (r.optimizer.page_kb < 4) p.add("optimizer.page_kb", "must be at least 4 (a page holds one 256-element block of 32-bit state: 2 KiB + alignment)");
   if (r.optimizer.beta1 < 0 || r.optimizer.beta1 >= 1) p.add("optimizer.beta1", "must be in [0, 1)");
   if (r.optimizer.beta2 < 0 || r.optimizer.beta2 >= 1) p.add("optimizer.beta2", "must be in [0, 1)");
   positive("optimizer.eps", r.optimizer.eps);
@@ -556,6 +592,7 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
     }
     apply(o.substr(0, eq), v, "--set");
   }
+  resolve_optimizer_name(r.optimizer, p);
   validate(r, p);  // values that failed to parse kept their defaults, so nothing is reported twice
   if (!p.list.empty()) {
     std::string msg = "the recipe has " + std::to_string(p.list.size()) + " problem" + (p.list.size() > 1 ? "s" : "") + ":";
@@ -596,9 +633,15 @@ std::string recipe_hash(const Recipe& r) {
     if (f.key.rfind("distributed.", 0) == 0) continue;  // how a run is launched changes no bit of it
     if (f.key.rfind("schedule.", 0) == 0 || f.key == "output_dir" || f.key == "training.max_steps" ||
         f.key == "training.epochs" || f.key == "training.device" || f.key == "data.cache_dir" || f.key.rfind("export.", 0) == 0 ||
-        f.key.rfind("logging.", 0) == 0)
+        f.key.rfind("logging.", 0) == 0 ||
+        // Where the optimizer state and the recompute checkpoints live changes no bit of the run (paged is
+        // hashed at its default so runs saved before paging existed keep their hash); min_8bit_size only
+        // matters with 8-bit state.
+        f.key == "optimizer.device_budget_mb" || f.key == "optimizer.page_kb" || f.key == "training.offload_checkpoints" ||
+        (f.key == "optimizer.min_8bit_size" && r.optimizer.bits == 32))
       continue;
-    for (unsigned char c : f.key + "=" + f.get(r) + "\n") h = (h ^ c) * 1099511628211ull;
+    const std::string value = f.key == "optimizer.paged" ? f.get(Recipe{}) : f.get(r);
+    for (unsigned char c : f.key + "=" + value + "\n") h = (h ^ c) * 1099511628211ull;
   }
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));

@@ -321,17 +321,15 @@ std::vector<std::pair<std::string, std::string>> export_problems(const ExportSec
   return p;
 }
 
-// The ecosystem's names (HF Trainer's optim, formats.md §2.1) set bits and paged; the resolved recipe says
-// "adamw" with both, so --print-config, the run's config.yaml and the hash have one spelling. A long-form value
-// that contradicts the name is an error (bits: 32 and paged: false are the defaults and cannot contradict).
-void resolve_optimizer_name(OptimizerSection& o, Problems& p) {
+// The ecosystem's names (HF Trainer's optim, formats.md §2.1) set bits and paged, whatever the long form says
+// (as the Trainer's optim string does; so `--set optimizer.name=adamw_8bit` on a recipe with `paged: true` means
+// what it says). The resolved recipe says "adamw" with both: --print-config, the run's config.yaml and the hash
+// have one spelling.
+void resolve_optimizer_name(OptimizerSection& o) {
   static const std::vector<std::tuple<std::string, int64_t, bool>> kNames = {
       {"adamw_32bit", 32, false}, {"adamw_8bit", 8, false}, {"paged_adamw_32bit", 32, true}, {"paged_adamw_8bit", 8, true}};
   for (const auto& [name, bits, paged] : kNames) {
     if (o.name != name) continue;
-    if (o.bits != 32 && o.bits != bits)
-      p.add("optimizer.bits", std::to_string(o.bits) + " contradicts optimizer.name " + name);
-    if (o.paged && !paged) p.add("optimizer.paged", "true contradicts optimizer.name " + name);
     o.name = "adamw";
     o.bits = bits;
     o.paged = paged;
@@ -592,7 +590,7 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
     }
     apply(o.substr(0, eq), v, "--set");
   }
-  resolve_optimizer_name(r.optimizer, p);
+  resolve_optimizer_name(r.optimizer);
   validate(r, p);  // values that failed to parse kept their defaults, so nothing is reported twice
   if (!p.list.empty()) {
     std::string msg = "the recipe has " + std::to_string(p.list.size()) + " problem" + (p.list.size() > 1 ? "s" : "") + ":";

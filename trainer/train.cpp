@@ -4,6 +4,10 @@
 #include <ATen/Context.h>
 
 #include <chrono>
+
+#if defined(QTRAIN_WITH_CUDA)
+#include <cuda_runtime_api.h>
+#endif
 #include <cmath>
 #include <iostream>
 
@@ -22,7 +26,9 @@
 #include "trainer/metrics_log.h"
 #include "trainer/model/linear_modules.h"
 #include "trainer/model/model.h"
+#include "trainer/memory_plan.h"
 #include "trainer/optimizer.h"
+#include "trainer/paged_state.h"
 #include "trainer/run_data_report.h"
 #include "trainer/run_report.h"
 #include "trainer/step.h"
@@ -127,7 +133,7 @@ class Trainer {
     if (dcfg_.cache_dir.empty()) dcfg_.cache_dir = out_ / "cache";
     DataReport report;
     ranks_->main_first("building the token cache", [&] { data_ = build_dataset(dcfg_, *tok, model_dir, &report); });
-    if (ranks_->is_main()) std::cerr << format_report(report);
+    if (ranks_->is_main()) std::cerr << console_line(r_.logging.console == "json", format_report(report));
     if (opts_.dry_run) {
       std::cerr << "dry run: recipe, model config (" << family_name(mcfg.family) << ", " << mcfg.num_hidden_layers
                 << " layers), tokenizer and data are valid; " << data_.train->size() << " training examples\n";
@@ -154,6 +160,9 @@ class Trainer {
     if (ranks_->is_main()) write_file_atomic(out_ / "config.yaml", "# resolved by qtrain from " + r_.source.string() + "\n" + recipe_to_yaml(r_));
     if (ranks_->is_main()) write_data_report(out_ / "data_report.json", report, data_.train.get());
 
+    OptimizerSection opt_config = r_.optimizer;
+    if (place_.device.is_cuda()) opt_config = check_memory_plan(mcfg);
+
     LoadOptions lo;
     lo.dtype = place_.compute;
     lo.device = place_.device;
@@ -170,7 +179,7 @@ class Trainer {
     spec.config.scaling = r_.lora.rslora ? ops::LoraScaling::kRsLora : ops::LoraScaling::kStandard;
     spec.dtype = place_.lora;
     model_->add_lora(spec, at::make_generator<at::CPUGeneratorImpl>(r_.lora.init_seed.value_or(r_.training.seed)));
-    optimizer_ = make_optimizer(r_.optimizer, r_.training.weight_decay, model_->lora_parameters());
+    optimizer_ = make_optimizer(opt_config, r_.training.weight_decay, model_->lora_parameters());
     ranks_->check_identical(optimizer_->params(), recipe_hash(r_));
     ctx_.training = true;
     ctx_.recompute = r_.training.recompute;
@@ -191,6 +200,7 @@ class Trainer {
     }
     log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, ranks_->is_main(), resumed_at);
     if (r_.logging.tensorboard) log_->add_tensorboard(out_, resumed_at, step_, recipe_to_yaml(r_));
+    log_->set_console({r_.logging.console == "json", r_.logging.quiet});
     log_->message("qtrain: " + std::string(family_name(mcfg.family)) + " " + model_dir.string() + " on " +
                   place_.device.str() + " (" + c10::toString(place_.compute) + "), base " +
                   (r_.quantization.enabled ? "NF4" : "dense") + " loaded in " + std::to_string(load_s).substr(0, 5) + " s, " +
@@ -199,9 +209,42 @@ class Trainer {
                   std::to_string(optimizer_->state_bytes() >> 20) + " MiB of state)");
     if (!resume_note.empty()) log_->message(resume_note);
     if (!ranks_->describe().empty()) log_->message(ranks_->describe());
-    if (r_.optimizer.paged)
-      log_->message("note: optimizer.paged: the optimizer state stays on the training device (paging is not implemented yet)");
+    if (const PagedState* pg = optimizer_->pager(); pg && pg->paged())
+      log_->message("optimizer state paged: " + std::to_string(pg->num_pages()) + " pages of " + std::to_string(pg->page_bytes() >> 10) +
+                    " KiB in host memory, " + std::to_string(pg->slots()) + " on the device at a time");
     return true;
+  }
+
+  // The pre-flight check (issue 13): the memory plan against the GPU's memory, before anything is loaded. A
+  // paged optimizer without a budget gets what the plan leaves free. Returns the optimizer settings to use.
+  OptimizerSection check_memory_plan(const ModelConfig& mcfg) {
+    OptimizerSection o = r_.optimizer;
+#if defined(QTRAIN_WITH_CUDA)
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) return o;
+    const PlanSettings ps = plan_settings(r_, mcfg, /*cuda=*/true);
+    const MemoryPlan plan = plan_memory(ps, static_cast<double>(total));
+    if (plan.peak > static_cast<double>(total) && opts_.plan_check) {
+      PlanSettings paged = ps;
+      paged.optimizer.bits = 8;
+      paged.optimizer.paged = true;
+      paged.offload_checkpoints = true;
+      throw UsageError(r_.source.string() + ": this run needs about " + human_bytes(plan.peak) + " of device memory and the GPU has " +
+                       human_bytes(static_cast<double>(total)) + ":\n" + format_plan(plan, ps) +
+                       "fits: data.max_seq_len up to " + std::to_string(longest_fitting_context(ps, total)) + " at this micro-batch, " +
+                       "training.micro_batch_size up to " + std::to_string(largest_fitting_batch(ps, total)) +
+                       "; with optimizer.name: paged_adamw_8bit and training.offload_checkpoints: true, up to " +
+                       std::to_string(longest_fitting_context(paged, total)) + " tokens (qtrain plan " + r_.source.string() +
+                       " shows more; --no-plan-check trains anyway)");
+    }
+    if (o.paged && o.device_budget_mb <= 0) {
+      for (const MemoryPart& part : plan.parts)
+        if (part.name == "optimizer state") o.device_budget_mb = part.bytes / (1024.0 * 1024.0);
+    }
+#else
+    (void)mcfg;
+#endif
+    return o;
   }
 
   // One optimizer step of k micro-batches. A stop request between micro-batches abandons the step and

@@ -11,6 +11,7 @@ namespace qtrain {
 struct TrainOptions {
   bool dry_run = false;  // validate everything (model config, tokenizer, data) and stop before training
   std::optional<std::filesystem::path> resume;  // a checkpoint dir, or the run dir (latest checkpoint)
+  bool plan_check = true;  // on CUDA, refuse a run the memory planner says cannot fit (trainer/memory_plan.h)
 };
 
 struct TrainResult {

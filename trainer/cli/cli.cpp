@@ -22,6 +22,7 @@ struct Verb {
 // The one table of verbs: dispatch and the help text both come from it.
 const Verb kVerbs[] = {
     {"train", run_train, "fine-tune with QLoRA as a recipe says (also: qtrain RECIPE.yaml)"},
+    {"plan", run_plan, "predict a run's peak device memory by component, and the longest context / largest batch that fit"},
     {"inspect", run_inspect, "describe a model directory: architecture, parameters, shards, memory in bf16 and NF4"},
     {"forward", run_forward, "run the forward pass on token ids and write the logits to a safetensors file"},
     {"tokenize", run_tokenize, "encode text to token ids (or decode ids) with a model directory's tokenizer"},

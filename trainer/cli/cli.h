@@ -17,6 +17,7 @@ int run(const std::vector<std::string>& args);
 
 int run_train(const std::vector<std::string>& args);
 int run_inspect(const std::vector<std::string>& args);
+int run_plan(const std::vector<std::string>& args);
 int run_forward(const std::vector<std::string>& args);
 int run_tokenize(const std::vector<std::string>& args);
 int run_quantize(const std::vector<std::string>& args);

@@ -23,6 +23,7 @@ int run_train(const std::vector<std::string>& args) {
       ("set", po::value(&sets)->composing(), "override a recipe value, e.g. --set training.learning_rate=1e-4 (repeatable)")
       ("print-config", "print the resolved recipe (every key, defaults included) and exit")
       ("dry-run", "check the recipe, the model's config, the tokenizer and the data, then exit")
+      ("no-plan-check", "train even when the memory plan says the run does not fit the GPU")
       ("resume", po::value(&resume)->implicit_value(""), "continue from the latest checkpoint of output_dir, or from DIR");
   spec.hidden.add_options()("recipe", po::value(&recipe)->required(), "recipe file");
   spec.positional.add("recipe", 1);
@@ -43,6 +44,7 @@ int run_train(const std::vector<std::string>& args) {
   }
   TrainOptions o;
   o.dry_run = vm->count("dry-run") > 0;
+  o.plan_check = vm->count("no-plan-check") == 0;
   if (vm->count("resume")) o.resume = resume.empty() ? r.output_dir : std::filesystem::path(resume);
   const TrainResult res = train(r, o);  // an interrupted run has saved its checkpoint: that too is a clean exit
   if (!o.dry_run && !res.interrupted && launched_as_rank0() && r.export_.format != ExportFormat::kNone) {

@@ -6,7 +6,8 @@
 // must be a complete checkpoint (renames are atomic; only temporaries may be half written).
 //
 // The kill times come from a seed printed at the start; QTRAIN_KILL_SEED=N reruns with the same draws
-// (the moments still move with the machine's speed).
+// (the moments still move with the machine's speed). A second, shorter run does the same with 8-bit
+// optimizer state paged through a two-page pool (issue 13): its checkpoints hold the codes and absmax.
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/inotify.h>
@@ -49,7 +50,8 @@ void write_data(const fs::path& file) {
   }
 }
 
-void write_recipe(const fs::path& file, const fs::path& model, const fs::path& data, const fs::path& cache) {
+void write_recipe(const fs::path& file, const fs::path& model, const fs::path& data, const fs::path& cache,
+                  const std::string& optimizer_yaml) {
   std::ofstream(file) << "model:\n  path: " << model.string() << "\n  target_modules: all-linear\n"
                       << "quantization:\n  enabled: true\n"
                       << "lora:\n  r: 4\n  alpha: 8\n  dropout: 0.1\n"  // dropout: the RNG state must resume too
@@ -58,7 +60,7 @@ void write_recipe(const fs::path& file, const fs::path& model, const fs::path& d
                       << "training:\n  micro_batch_size: 4\n  gradient_accumulation: 2\n  max_steps: " << kSteps << "\n"
                       << "  learning_rate: 2.0e-3\n  schedule: cosine\n  warmup_steps: 4\n  seed: 5\n  device: cpu\n"
                       << "schedule:\n  log_every: 1\n  eval_every: 0\n  save_every: " << kSaveEvery << "\n  keep_last: 2\n"
-                      << "output_dir: unused\n";
+                      << optimizer_yaml << "output_dir: unused\n";
 }
 
 // Watches a run's checkpoints directory (created by qtrain, so the run directory is watched until it
@@ -147,7 +149,8 @@ CheckpointsState inspect_checkpoints(const fs::path& dir) {
   return s;
 }
 
-TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) {
+// kills_wanted kills at random moments, each followed by --resume; `optimizer_yaml` is added to the recipe.
+void kill_and_resume(const std::string& optimizer_yaml, int kills_wanted) {
   const fs::path model = shared_data() / "models" / "llama2c-xs-tok512-hf";
   if (!fs::is_regular_file(model / "model.safetensors"))
     GTEST_SKIP() << "the shared tiny model is not at " << model << " (../shared/data is absent): kill test skipped";
@@ -160,7 +163,7 @@ TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) {
 
   ScratchDir tmp("kill");
   write_data(tmp.path / "data.jsonl");
-  write_recipe(tmp.path / "recipe.yaml", model, tmp.path / "data.jsonl", tmp.path / "cache");
+  write_recipe(tmp.path / "recipe.yaml", model, tmp.path / "data.jsonl", tmp.path / "cache", optimizer_yaml);
   const std::string recipe = (tmp.path / "recipe.yaml").string();
 
   // The uninterrupted run, timed: its first checkpoint and its end give the start-up and step times.
@@ -210,7 +213,7 @@ TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) {
   int kills = 0, kills_in_write = 0, kills_after_rename = 0, finished_attempts = 0, attempts = 0;
   std::map<std::string, int> kills_by_mode;
   std::string last_log;
-  while (kills < kKills && attempts < kMaxAttempts) {
+  while (kills < kills_wanted && attempts < kMaxAttempts) {
     ++attempts;
     const int m = mode_of(rng);
     const bool finished = fs::exists(run / "checkpoints" / ("step-" + std::to_string(kSteps)) / "trainer_state.h5");
@@ -261,7 +264,7 @@ TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) {
              << last_log;
     }
   }
-  ASSERT_GE(kills, kKills) << "only " << kills << " kills in " << attempts << " attempts";
+  ASSERT_GE(kills, kills_wanted) << "only " << kills << " kills in " << attempts << " attempts";
   // The last attempt runs to the end.
   const Outcome done = run_qtrain(tmp.path, "train " + recipe + " --set output_dir=killed --resume");
   ASSERT_EQ(done.exit_code, 0) << "the final resume: " << done.describe() << "\n" << done.output;
@@ -297,6 +300,15 @@ TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) {
   const CheckpointsState end = inspect_checkpoints(run / "checkpoints");
   EXPECT_TRUE(end.incomplete.empty());
   EXPECT_EQ(end.temporaries, 0) << "checkpoint temporaries left in " << run / "checkpoints" << " after a clean finish";
+}
+
+TEST(Faults, KillAtRandomMomentsAndResumeGivesTheUninterruptedAdapter) { kill_and_resume("", kKills); }
+
+// 8-bit state (min_8bit_size 256: every LoRA matrix of 256+ elements of the tiny model) in 4 KiB pages, two
+// on the "device" at a time: the state crosses the pager on every step and every checkpoint. Fewer kills: the
+// paths that differ from the 32-bit run are the optimizer's state and its pages, not the checkpoint writes.
+TEST(Faults, KillAndResumeWithPaged8bitOptimizerState) {
+  kill_and_resume("optimizer:\n  name: paged_adamw_8bit\n  min_8bit_size: 256\n  page_kb: 4\n  device_budget_mb: 0.0078125\n", 8);
 }
 
 }  // namespace

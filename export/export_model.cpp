@@ -346,14 +346,18 @@ class Exporter {
     }
     return out;
   }
-  // The model's parameters in bf16: what the export's size is compared with.
+  // The model's parameters in bf16: what the export's size is compared with. A 4-bit linear counts its
+  // out·in parameters, not its packed bytes and quantization state.
   static uint64_t bf16_bytes(const LlamaModel& m) {
+    std::vector<std::string> linears;
     uint64_t n = 0;
-    for (auto& [name, t] : m.state_tensors())
-      if (name.find(".weight.") == std::string::npos) n += static_cast<uint64_t>(t.numel());  // not 4-bit side tensors
-    m.for_each_linear([&](const std::string&, const Linear& l) {
-      if (l.qweight) n += static_cast<uint64_t>(l.shape()[0] * l.shape()[1]);
+    m.for_each_linear([&](const std::string& name, const Linear& l) {
+      linears.push_back(name + ".weight");
+      n += static_cast<uint64_t>(l.shape()[0] * l.shape()[1]);
     });
+    for (auto& [name, t] : m.state_tensors())
+      if (std::none_of(linears.begin(), linears.end(), [&](const std::string& w) { return name.rfind(w, 0) == 0; }))
+        n += static_cast<uint64_t>(t.numel());
     return 2 * n;
   }
 

@@ -248,6 +248,8 @@ std::vector<Field> all_fields() {
       QT_F(int64_t, "export.eval_windows", export_.eval_windows, show_i64),
       QT_F(bool, "logging.tensorboard", logging.tensorboard, show_bool),
       QT_F(bool, "logging.report", logging.report, show_bool),
+      QT_F(std::string, "logging.console", logging.console, show_str),
+      QT_F(bool, "logging.quiet", logging.quiet, show_bool),
       QT_E("distributed.backend", kDistBackends, distributed.backend),
       QT_F(double, "distributed.timeout", distributed.timeout, show_f64),
       QT_F(int64_t, "distributed.world_size", distributed.world_size, show_i64),
@@ -371,6 +373,7 @@ void validate(const Recipe& r, Problems& p) {
   if (r.optimizer.beta2 < 0 || r.optimizer.beta2 >= 1) p.add("optimizer.beta2", "must be in [0, 1)");
   positive("optimizer.eps", r.optimizer.eps);
   positive("schedule.log_every", static_cast<double>(r.schedule.log_every));
+  if (r.logging.console != "text" && r.logging.console != "json") p.add("logging.console", "'" + r.logging.console + "': expected text or json");
   for (auto [k, v] : {std::pair<const char*, int64_t>{"schedule.eval_every", r.schedule.eval_every}, {"schedule.save_every", r.schedule.save_every},
                       {"schedule.keep_last", r.schedule.keep_last}, {"schedule.eval_batches", r.schedule.eval_batches}})
     if (v < 0) p.add(k, "must be >= 0");

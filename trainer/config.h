@@ -123,6 +123,8 @@ void validate_export_section(const ExportSection& e, const std::string& where);
 struct LoggingSection {
   bool tensorboard = true;  // events.out.tfevents.* in output_dir (trainer/tensorboard.h)
   bool report = true;       // report.html in output_dir when the run ends (trainer/run_report.h)
+  std::string console = "text";  // text | json: every console line a JSON object (MetricsLog::Console)
+  bool quiet = false;            // no progress or evaluation lines on the console
 };
 
 enum class DistBackend { kAuto, kGloo, kNccl };  // auto: NCCL on CUDA, Gloo on CPU

@@ -87,6 +87,11 @@ void MetricsLog::record(const std::string& kind, int64_t step, const std::map<st
   if (tensorboard_)
     for (const auto& [k, v] : values) tensorboard_->scalar(step, kind + "/" + k, static_cast<float>(v), now);
 
+  if (console_.quiet) return;
+  if (console_.json) {
+    std::cerr << text << "}\n";
+    return;
+  }
   auto get = [&](const char* k) { auto it = values.find(k); return it == values.end() ? NAN : it->second; };
   char line[256];
   if (kind == "train") {
@@ -114,9 +119,21 @@ void MetricsLog::record(const std::string& kind, int64_t step, const std::map<st
 
 void MetricsLog::message(const std::string& text) {
   if (!enabled_) return;
+  if (console_.json) {
+    std::cerr << console_line(true, text);
+    return;
+  }
   if (live_) std::cerr << "\n";
   live_ = false;
   std::cerr << text << "\n";
+}
+
+std::string console_line(bool json, const std::string& text) {
+  if (!json) return text.empty() || text.back() != '\n' ? text + "\n" : text;
+  std::string t = text;
+  while (!t.empty() && t.back() == '\n') t.pop_back();
+  const nlohmann::ordered_json j{{"kind", "message"}, {"time", unix_time_now()}, {"text", t}};
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 double peak_host_memory_mib() {

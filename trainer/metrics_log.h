@@ -33,6 +33,17 @@ class MetricsLog {
   void add_tensorboard(const std::filesystem::path& dir, std::optional<int64_t> resumed_at, int64_t step,
                        const std::string& recipe_yaml);
 
+  // What reaches the console (stderr); metrics.jsonl and TensorBoard get everything regardless.
+  //   json:  every line a JSON object: records as their metrics.jsonl line, messages as
+  //          {"kind": "message", "time": ..., "text": ...}; no live line.
+  //   quiet: no line per record (the progress and evaluation lines); messages (set-up, checkpoints,
+  //          warnings, the summary) still print.
+  struct Console {
+    bool json = false;
+    bool quiet = false;
+  };
+  void set_console(Console c) { console_ = c; }
+
   // One record: {"kind": kind, "step": step, "time": unix seconds, ...values}; printed as a progress
   // line when kind == "train".
   void record(const std::string& kind, int64_t step, const std::map<std::string, double>& values);
@@ -48,9 +59,14 @@ class MetricsLog {
   std::filesystem::path path_;
   std::ofstream out_;
   std::set<std::pair<std::string, int64_t>> written_;
+  Console console_;
   std::string kept_;  // the records kept on resume, as metrics.jsonl lines
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };
+
+// A console message as MetricsLog::message prints it: `text` and a newline, or with json the line
+// {"kind": "message", "time": ..., "text": text} (for lines printed before the log exists).
+std::string console_line(bool json, const std::string& text);
 
 // Peak resident memory of this process, in MiB (getrusage).
 double peak_host_memory_mib();

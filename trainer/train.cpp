@@ -133,7 +133,7 @@ class Trainer {
     if (dcfg_.cache_dir.empty()) dcfg_.cache_dir = out_ / "cache";
     DataReport report;
     ranks_->main_first("building the token cache", [&] { data_ = build_dataset(dcfg_, *tok, model_dir, &report); });
-    if (ranks_->is_main()) std::cerr << format_report(report);
+    if (ranks_->is_main()) std::cerr << console_line(r_.logging.console == "json", format_report(report));
     if (opts_.dry_run) {
       std::cerr << "dry run: recipe, model config (" << family_name(mcfg.family) << ", " << mcfg.num_hidden_layers
                 << " layers), tokenizer and data are valid; " << data_.train->size() << " training examples\n";
@@ -200,6 +200,7 @@ class Trainer {
     }
     log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, ranks_->is_main(), resumed_at);
     if (r_.logging.tensorboard) log_->add_tensorboard(out_, resumed_at, step_, recipe_to_yaml(r_));
+    log_->set_console({r_.logging.console == "json", r_.logging.quiet});
     log_->message("qtrain: " + std::string(family_name(mcfg.family)) + " " + model_dir.string() + " on " +
                   place_.device.str() + " (" + c10::toString(place_.compute) + "), base " +
                   (r_.quantization.enabled ? "NF4" : "dense") + " loaded in " + std::to_string(load_s).substr(0, 5) + " s, " +

@@ -183,6 +183,7 @@ class Trainer {
     ranks_->check_identical(optimizer_->params(), recipe_hash(r_));
     ctx_.training = true;
     ctx_.recompute = r_.training.recompute;
+    ctx_.offload_checkpoints = r_.training.offload_checkpoints;
     ctx_.dropout_gen = make_dropout_generator(place_.device, ranks_->dropout_seed(r_.training.seed + 1));
 
     loader_ = std::make_unique<Loader>(data_.train, r_.training.micro_batch_size, dcfg_, dcfg_.seed, ranks_->rank(), ranks_->world());

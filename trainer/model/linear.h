@@ -21,6 +21,7 @@ struct Linear;
 struct RunContext {
   bool training = false;       // LoRA dropout on
   bool recompute = false;      // keep only layer inputs; recompute each layer in backward
+  bool offload_checkpoints = false;  // recompute: keep those inputs in host memory (pinned on CUDA) until backward
   at::Generator dropout_gen;   // required when training with dropout > 0
   // Called with each linear's input x [..., in] before it is applied: how export's calibration
   // collects the activation statistics of every linear (GPTQ's Hessians, AWQ's channel scales).

@@ -14,7 +14,16 @@ using torch::autograd::variable_list;
 struct Replay : torch::CustomClassHolder {
   LayerFn layer;
   std::optional<RunContext> run;
+  bool input_requires_grad = false;  // an offloaded checkpoint is a host copy: remember what the input was
 };
+
+// The host copy of a checkpoint: pinned memory on CUDA (the device-to-host copy then runs asynchronously on the
+// current stream), a separate tensor on the CPU (bit-identical either way: a copy).
+at::Tensor offload_copy(const at::Tensor& h) {
+  at::Tensor host = at::empty(h.sizes(), h.options().device(at::kCPU).pinned_memory(h.is_cuda()).requires_grad(false));
+  host.copy_(h.detach(), /*non_blocking=*/h.is_cuda());
+  return host;
+}
 
 struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor h, at::TensorList params, const LayerFn* layer,
@@ -24,8 +33,13 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
     auto replay = c10::make_intrusive<Replay>();
     replay->layer = *layer;
     if (run) replay->run = *run;
+    replay->input_requires_grad = h.requires_grad();
     ctx->saved_data["replay"] = at::IValue::make_capsule(replay);
-    std::vector<at::Tensor> to_save = {h};
+    // Offloaded: the checkpoint lives in host memory (pinned on CUDA, so the copy is asynchronous; on the CPU a
+    // separate copy, which keeps the path testable) and the device copy is freed with the caller's last use.
+    const bool offload = run && run->offload_checkpoints;
+    if (offload) ctx->saved_data["device"] = h.device().str();
+    std::vector<at::Tensor> to_save = {offload ? offload_copy(h) : h};
     to_save.insert(to_save.end(), params.begin(), params.end());
     ctx->save_for_backward(to_save);
     at::NoGradGuard no_grad;
@@ -47,7 +61,14 @@ struct RecomputeFn : public torch::autograd::Function<RecomputeFn> {
       }
       replay.recompute = false;
     }
-    at::Tensor h = saved[0].detach().requires_grad_(saved[0].requires_grad());
+    at::Tensor h = saved[0].detach();
+    if (ctx->saved_data.count("device")) {  // offloaded: back to the layer's device before the recompute
+      const at::Device device(ctx->saved_data["device"].toStringRef());
+      h = h.to(device, /*non_blocking=*/true, /*copy=*/true);
+      h.requires_grad_(holder->input_requires_grad);
+    } else {
+      h.requires_grad_(saved[0].requires_grad());
+    }
     std::vector<at::Tensor> inputs;
     if (h.requires_grad()) inputs.push_back(h);
     for (std::size_t i = 1; i < saved.size(); ++i) inputs.push_back(saved[i]);

@@ -37,9 +37,18 @@ std::string Interpreter::render(const Body& body, const DictPtr& globals, Spans*
   out_ = &out;
   root_out_ = &out;
   spans_ = generation_spans;
+  struct Cleanup {
+    Interpreter& in;
+    ~Cleanup() {
+      // Namespaces can hold themselves (set ns.self = ns): empty them so the cycle is freed.
+      for (const auto& w : in.namespaces_)
+        if (auto d = w.lock()) d->items.clear();
+      in.namespaces_.clear();
+      in.frame_.reset();
+      in.out_ = in.root_out_ = nullptr;
+    }
+  } cleanup{*this};
   exec_body(body);
-  frame_.reset();
-  out_ = root_out_ = nullptr;
   return out;
 }
 
@@ -311,19 +320,24 @@ Interpreter::Flow Interpreter::exec_inner(const Node& n) {
     case Node::Kind::kSetBlock: assign(n.targets[0], apply_filter_chain(n.expr.get(), Value(capture(n.body)))); return Flow::kNormal;
     case Node::Kind::kMacro: {
       const Node* node = &n;
-      FramePtr defined_in = frame_;
+      // Weak: the macro is stored in the scope it closes over (a strong pointer would be a cycle).
+      std::weak_ptr<Frame> defined_in = frame_;
       // The macro's own name is visible inside it (recursion) through the scope it is stored in.
       assign(n.text, Value::function("macro '" + n.text + "'", [node, defined_in](Interpreter& in, CallArgs& a) {
         Value caller = std::exchange(in.pending_caller, Value());
-        return in.call_macro(*node, defined_in, a, caller, node->body);
+        FramePtr scope = defined_in.lock();
+        if (!scope) throw EvalError("macro '" + node->text + "' called after the scope it was defined in ended");
+        return in.call_macro(*node, scope, a, caller, node->body);
       }));
       return Flow::kNormal;
     }
     case Node::Kind::kCallBlock: {
       const Node* node = &n;
-      FramePtr defined_in = frame_;
+      std::weak_ptr<Frame> defined_in = frame_;
       Value caller = Value::function("caller", [node, defined_in](Interpreter& in, CallArgs& a) {
-        return in.call_macro(*node, defined_in, a, Value(), node->body);
+        FramePtr scope = defined_in.lock();
+        if (!scope) throw EvalError("caller() called after its {% call %} block ended");
+        return in.call_macro(*node, scope, a, Value(), node->body);
       });
       const Expr& call = *n.expr;
       const Value callee = eval(*call.a);

@@ -42,6 +42,8 @@ class Interpreter {
 
   // The `caller` a {% call %} block hands to the next macro invoked (taken by that macro).
   Value pending_caller;
+  // namespace() objects made during the render, emptied when it ends (they may reference themselves).
+  void track_namespace(const DictPtr& d) { namespaces_.push_back(d); }
 
  private:
   enum class Flow { kNormal, kBreak, kContinue };
@@ -69,6 +71,7 @@ class Interpreter {
   std::string* out_ = nullptr;
   std::string* root_out_ = nullptr;
   Spans* spans_ = nullptr;
+  std::vector<std::weak_ptr<Dict>> namespaces_;
   uint64_t max_steps_ = 0, steps_ = 0;
   int depth_ = 0;  // macro call depth, bounded so a recursive macro is an error, not a stack overflow
 };

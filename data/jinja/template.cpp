@@ -69,6 +69,7 @@ Value namespace_fn(Interpreter& in, CallArgs& a) {
     if (!k.empty() && k[0] == '_')
       throw EvalError("Chat templates cannot store underscore-prefixed attributes on a namespace, but got '" + k + "'");
   d.as_dict()->is_namespace = true;
+  in.track_namespace(d.as_dict());
   return d;
 }
 

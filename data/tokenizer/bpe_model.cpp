@@ -2,6 +2,7 @@
 
 #include <array>
 #include <climits>
+#include <deque>
 #include <mutex>
 #include <queue>
 
@@ -103,7 +104,7 @@ class BpeTokenizer final : public Tokenizer {
     added_.split(text, segments);
     std::string normalized;
     std::vector<std::string_view> pieces, next;
-    std::string prefixed;
+    std::deque<std::string> prefixed;  // pieces with the prefix space (stable addresses for the views)
     for (const auto& seg : segments) {
       if (seg.id >= 0) {
         out.push_back(seg.id);
@@ -112,20 +113,22 @@ class BpeTokenizer final : public Tokenizer {
       std::string_view s = seg.text;
       if (spec_.nfc && nfc_normalize(s, normalized)) s = normalized;
       pieces.assign(1, s);
-      for (const auto& re : spec_.splits) {
+      prefixed.clear();
+      for (size_t k = 0; k <= spec_.splits.size(); ++k) {
+        if (k == spec_.prefix_space_after_splits && spec_.add_prefix_space) {
+          for (auto& p : pieces) {
+            if (!p.empty() && p[0] == ' ') continue;
+            prefixed.push_back(" " + std::string(p));
+            p = prefixed.back();
+          }
+        }
+        if (k == spec_.splits.size()) break;
         next.clear();
-        for (auto p : pieces) re.split(p, next);
+        for (auto p : pieces) spec_.splits[k].split(p, next);
         pieces.swap(next);
       }
-      for (auto p : pieces) {
-        if (spec_.add_prefix_space && p[0] != ' ') {
-          prefixed.assign(1, ' ');
-          prefixed.append(p);
-          encode_piece(prefixed, out);
-        } else {
-          encode_piece(p, out);
-        }
-      }
+      for (auto p : pieces)
+        if (!p.empty()) encode_piece(p, out);
     }
     if (add_special) out.insert(out.end(), spec_.suffix.begin(), spec_.suffix.end());
     return out;

@@ -27,7 +27,12 @@ struct BpeSpec {
   };
   std::vector<Merge> merges;  // by rank
   std::vector<PretokenizerRegex> splits;  // applied in order, each splitting every piece further
-  bool add_prefix_space = false;  // ByteLevel: " " before each piece that does not start with one
+  // ByteLevel's add_prefix_space: " " before each piece that does not start with one, applied (as HF
+  // tokenizers' ByteLevel does) to the pieces that exist when the ByteLevel step runs: after the first
+  // prefix_space_after_splits splits and before its own regex. For a lone ByteLevel (GPT-2, RoBERTa)
+  // that is once per segment of text between added tokens, not once per regex piece.
+  bool add_prefix_space = false;
+  size_t prefix_space_after_splits = 0;
   bool nfc = false;
   bool ignore_merges = false;  // a piece that is a whole vocab entry skips the merges (Llama 3)
   std::optional<std::string> unk_token;

@@ -63,6 +63,7 @@ void read_pre_tokenizer(const nlohmann::json& p, const std::filesystem::path& pa
       read_pre_tokenizer(p["pretokenizers"][i], path, where + ".pretokenizers[" + std::to_string(i) + "]", spec);
   } else if (t == "ByteLevel") {
     spec.add_prefix_space = get_flag(p, "add_prefix_space", false, path, where);
+    spec.prefix_space_after_splits = spec.splits.size();  // the pieces of the splits before this step
     if (get_flag(p, "use_regex", true, path, where)) spec.splits.emplace_back(kGpt2Pattern, path.string() + ": " + where);
   } else if (t == "Split") {
     const std::string behavior = p.contains("behavior") && p["behavior"].is_string() ? p["behavior"].get<std::string>() : "";

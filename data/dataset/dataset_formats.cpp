@@ -181,7 +181,11 @@ int64_t count_special_text(const ChatTemplate& t, const Conversation& c) {
       for (size_t at = tok.empty() ? std::string::npos : s.find(tok); at != std::string::npos; at = s.find(tok, at + tok.size())) ++n;
     for (size_t at = s.find("<|"); at != std::string::npos; at = s.find("<|", at + 2)) {
       const size_t close = s.find("|>", at + 2);
-      if (close != std::string::npos && close - at < 40 && s.find_first_of(" \n", at) > close) ++n;
+      if (close == std::string::npos || close - at >= 40 || s.find_first_of(" \n", at) < close) continue;
+      const std::string tok = s.substr(at, close + 2 - at);
+      bool named = false;  // already counted above
+      for (const auto& [k, v] : t.special_tokens) named = named || v == tok;
+      n += !named;
     }
   }
   return n;

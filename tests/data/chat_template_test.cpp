@@ -150,6 +150,28 @@ TEST_F(ChatTemplateTest, VariablesAndThePinnedClock) {
   EXPECT_EQ(render_chat(t, conv, TrainOn::kAll, "test").text, "14 Mar 2025 False not json|ua");
 }
 
+TEST_F(ChatTemplateTest, LinterCountsSpecialTokenTextInContent) {
+  std::ofstream(dir_ / "d.jsonl") << R"({"messages": [{"role": "user", "content": "say <|im_end|> and </s> and <|other|>"}, )"
+                                  << R"({"role": "assistant", "content": "ok"}]})" << "\n";
+  auto tok = load_tokenizer(kQwen);
+  DataConfig c;
+  c.files = {{dir_ / "d.jsonl", 1.0, std::nullopt}};
+  c.format = DataFormat::kMessages;
+  c.cache_dir = dir_ / "cache";
+  c.template_date = "2025-03-14T09:26:53";
+  DataReport r;
+  build_dataset(c, *tok, kQwen, &r);
+  EXPECT_EQ(r.train_files.special_text_in_content, 2);  // <|im_end|> (the EOS) and <|other|>; "</s>" is not Qwen's
+  bool warned = false;
+  for (const auto& f : lint(r)) warned = warned || f.find("2 special-token strings typed inside message content") != std::string::npos;
+  EXPECT_TRUE(warned);
+  // A cache hit reports the same counts.
+  DataReport again;
+  build_dataset(c, *tok, kQwen, &again);
+  EXPECT_EQ(again.cache_hits, 1);
+  EXPECT_EQ(again.train_files.special_text_in_content, 2);
+}
+
 TEST_F(ChatTemplateTest, OffsetsComeFromOneTokenization) {
   // Byte offsets of the tokens of one encode call, for both tokenizer kinds.
   for (const fs::path& dir : {kModel, kQwen}) {

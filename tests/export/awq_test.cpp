@@ -21,6 +21,7 @@
 #include "data/error.h"
 #include "data/io/awq_format.h"
 #include "data/io/model_writer.h"
+#include "tests/shared_data.h"
 #include "export/awq.h"
 #include "export/awq_model.h"
 #include "export/gptq.h"
@@ -334,10 +335,7 @@ TEST(AwqFold, LeavesTheUnquantizedLayerUnchanged) {
   }
 }
 
-fs::path tiny_model() {
-  const fs::path p = fs::path(QTRAIN_SHARED_DATA) / "models/llama2c-xs-tok512-hf";
-  return fs::exists(p / "config.json") ? p : fs::path();
-}
+fs::path tiny_model() { return test_tools::shared_tiny_model(); }
 
 TEST(AwqRealModel, BeatsRtnAndTheDirectoryLoadsBack) {
   const fs::path dir = tiny_model();

@@ -20,6 +20,7 @@
 #include "data/error.h"
 #include "data/io/gptq_format.h"
 #include "data/io/model_writer.h"
+#include "tests/shared_data.h"
 #include "export/gptq.h"
 #include "tests/scratch_dir.h"
 #include "trainer/model/model.h"
@@ -284,10 +285,7 @@ TEST(GptqHessian, AccumulatorMatchesDirectFormula) {
   EXPECT_NEAR(hessian_error(W, Q, acc64.hessian()), direct, 1e-9 * direct);
 }
 
-fs::path tiny_model() {
-  const fs::path p = fs::path(QTRAIN_SHARED_DATA) / "models/llama2c-xs-tok512-hf";
-  return fs::exists(p / "config.json") ? p : fs::path();
-}
+fs::path tiny_model() { return test_tools::shared_tiny_model(); }
 
 TEST(GptqRealModel, BeatsRtnOnEveryLinear) {
   const fs::path dir = tiny_model();

@@ -9,12 +9,16 @@
 
 namespace qtrain::utf8 {
 
-// Length of the well-formed sequence starting at s[i] (RFC 3629: no overlongs, no surrogates,
-// nothing above U+10FFFF), or 0 when it is malformed.
-inline size_t sequence_length(std::string_view s, size_t i) {
+// Bytes at s[i] that begin a well-formed sequence (RFC 3629: no overlongs, no surrogates, nothing above
+// U+10FFFF): {length of the full sequence, how many of its bytes are present and valid}. A complete
+// sequence has both equal; a malformed lead byte gives {0, 0}.
+struct Prefix {
+  size_t need = 0, have = 0;
+};
+inline Prefix valid_prefix(std::string_view s, size_t i) {
   const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
   const unsigned char c = b(i);
-  if (c < 0x80) return 1;
+  if (c < 0x80) return {1, 1};
   size_t n;
   unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
   if (c >= 0xC2 && c <= 0xDF) n = 2;
@@ -24,12 +28,19 @@ inline size_t sequence_length(std::string_view s, size_t i) {
   else if (c == 0xF0) n = 4, lo = 0x90;
   else if (c >= 0xF1 && c <= 0xF3) n = 4;
   else if (c == 0xF4) n = 4, hi = 0x8F;
-  else return 0;
-  if (i + n > s.size()) return 0;
-  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
-  for (size_t k = 2; k < n; ++k)
-    if ((b(i + k) & 0xC0) != 0x80) return 0;
-  return n;
+  else return {};
+  size_t k = 1;
+  if (i + k < s.size() && b(i + k) >= lo && b(i + k) <= hi) {
+    ++k;
+    while (k < n && i + k < s.size() && (b(i + k) & 0xC0) == 0x80) ++k;
+  }
+  return {n, k};
+}
+
+// Length of the well-formed sequence starting at s[i], or 0 when it is malformed or cut short.
+inline size_t sequence_length(std::string_view s, size_t i) {
+  const Prefix p = valid_prefix(s, i);
+  return p.have == p.need ? p.need : 0;
 }
 
 // Offset of the first malformed byte, or npos when s is valid UTF-8.
@@ -45,6 +56,26 @@ inline size_t find_invalid(std::string_view s) {
 inline void require_valid(std::string_view s) {
   if (const size_t at = find_invalid(s); at != std::string_view::npos)
     throw InputError("text is not valid UTF-8 at byte offset " + std::to_string(at));
+}
+
+// s with every ill-formed subsequence replaced by U+FFFD, one per maximal subpart (the Unicode Standard's
+// recommended practice, ch. 3 "U+FFFD Substitution of Maximal Subparts"; what Python's
+// decode(errors="replace") and Rust's String::from_utf8_lossy in HF tokenizers do). For showing decoded
+// tokens to people: a token may end in the middle of a character.
+inline std::string replace_invalid(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    const Prefix p = valid_prefix(s, i);
+    if (p.have != 0 && p.have == p.need) {
+      out.append(s.substr(i, p.need));
+      i += p.need;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += p.have == 0 ? 1 : p.have;
+    }
+  }
+  return out;
 }
 
 // Code point of the valid sequence of length n at s[i].

@@ -5,10 +5,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 
 #include "data/error.h"
 #include "data/tokenizer/tokenizer.h"
+#include "data/tokenizer/utf8.h"
 
 namespace qtrain {
 namespace {
@@ -160,6 +162,32 @@ TEST(Tokenizer, Gpt2DecodesExactBytes) {
   EXPECT_EQ(tok->decode(tok->encode(long_word, false), false), long_word);
   EXPECT_THROW(tok->decode(std::vector<int32_t>{50257}, false), InputError);
   EXPECT_THROW(tok->encode("bad \xC3\x28 utf8", false), InputError);
+}
+
+// What `qtrain generate` prints: a decoded prefix may cut a character; shown text replaces each maximal
+// ill-formed subpart by one U+FFFD, as Python's bytes.decode(errors="replace") does.
+TEST(Utf8, ReplaceInvalidSubstitutesMaximalSubparts) {
+  const std::string R = "\xEF\xBF\xBD";
+  // The Unicode Standard's own example (ch. 3, Table 3-8; Python gives the same).
+  EXPECT_EQ(utf8::replace_invalid("\x61\xF1\x80\x80\xE1\x80\xC2\x62\x80\x63\x80\xBF\x64"),
+            "a" + R + R + R + "b" + R + "c" + R + R + "d");
+  EXPECT_EQ(utf8::replace_invalid("\xF0\x9F\xA6"), R) << "a cut 4-byte emoji is one replacement";
+  EXPECT_EQ(utf8::replace_invalid("\xE0\x80\xAF"), R + R + R) << "overlong: no valid prefix past the lead";
+  EXPECT_EQ(utf8::replace_invalid("\xED\xA0\x80"), R + R + R) << "surrogate";
+  EXPECT_EQ(utf8::replace_invalid("\xF4\x90\x80\x80"), R + R + R + R) << "above U+10FFFF";
+  EXPECT_EQ(utf8::replace_invalid(""), "");
+  // Valid text (every length class) passes through unchanged; the output is always valid.
+  const std::string ok = "a\xC3\xA9\xE2\x82\xAC\xF0\x9F\xA6\x99";
+  EXPECT_EQ(utf8::replace_invalid(ok), ok);
+  const unsigned seed = std::random_device{}();
+  std::mt19937 rng(seed);
+  for (int t = 0; t < 2000; ++t) {
+    std::string junk(rng() % 12, '\0');
+    for (char& c : junk) c = static_cast<char>(rng() % 4 == 0 ? 0x80 + rng() % 0x40 : 0xC0 + rng() % 0x40);
+    const std::string fixed = utf8::replace_invalid(junk);
+    ASSERT_EQ(utf8::find_invalid(fixed), std::string::npos) << "seed " << seed;
+    if (utf8::find_invalid(junk) == std::string::npos) ASSERT_EQ(fixed, junk) << "seed " << seed;
+  }
 }
 
 // ---- bad input: each names the file at fault ----

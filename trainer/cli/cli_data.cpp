@@ -24,6 +24,7 @@
 #include "data/dataset/dataset.h"
 #include "data/error.h"
 #include "data/tokenizer/tokenizer.h"
+#include "data/tokenizer/utf8.h"
 #include "trainer/cli/cli.h"
 #include "trainer/cli/cli_options.h"
 #include "trainer/config.h"
@@ -102,7 +103,8 @@ std::string marked_text(const Tokenizer& tok, const ExampleView& ex, bool color)
   while (i < ex.ids.size()) {
     size_t j = i;
     while (j < ex.ids.size() && ex.trained[j] == ex.trained[i]) ++j;
-    const std::string text = tok.decode(ex.ids.subspan(i, j - i), /*skip_special=*/false);
+    // A mask boundary can fall inside a character (byte-fallback pieces): show well-formed text.
+    const std::string text = utf8::replace_invalid(tok.decode(ex.ids.subspan(i, j - i), /*skip_special=*/false));
     if (ex.trained[i]) out += color ? "\x1b[32m" + text + "\x1b[0m" : "[[" + text + "]]";
     else out += text;
     i = j;

@@ -17,6 +17,7 @@
 #include "data/error.h"
 #include "data/tokenizer/tokenizer.h"
 #include "data/tokenizer/tokenizer_config.h"
+#include "data/tokenizer/utf8.h"
 #include "export/generate.h"
 #include "trainer/cli/cli.h"
 #include "trainer/cli/cli_options.h"
@@ -168,7 +169,8 @@ int run_generate(const std::vector<std::string>& args) {
 
   if (tok) {
     const std::vector<int32_t> ids32(r.tokens.begin(), r.tokens.end());
-    std::cout << tok->decode(ids32, /*skip_special=*/true) << "\n";
+    // A token may end mid-character (a byte-fallback piece of a longer one): print well-formed text.
+    std::cout << utf8::replace_invalid(tok->decode(ids32, /*skip_special=*/true)) << "\n";
   }
   if (vm->count("print-ids") || !tok) std::cout << "prompt_ids: " << join(prompt_ids) << "\nnew_ids: " << join(r.tokens) << "\n";
   std::cerr << "generate: " << prompt_ids.size() << " prompt tokens → " << r.tokens.size() << " new ("

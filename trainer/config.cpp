@@ -605,6 +605,17 @@ Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::str
 
 std::string recipe_to_yaml(const Recipe& r) {
   std::string out, section;
+  // What the recipe wrote where a Hub id was resolved: a comment, so config.yaml stays loadable as is.
+  std::map<std::string, std::string> written;
+  if (r.as_written) {
+    Recipe w = r;
+    w.model.path = r.as_written->model_path;
+    w.data.files = r.as_written->files;
+    w.data.eval_files = r.as_written->eval_files;
+    for (const char* key : {"model.path", "data.files", "data.eval_files"}) written[key] = "";
+    for (const auto& f : all_fields())
+      if (written.count(f.key) && f.get(w) != f.get(r)) written[f.key] = f.get(w);
+  }
   for (const auto& f : all_fields()) {
     const auto dot = f.key.find('.');
     const std::string sec = dot == std::string::npos ? "" : f.key.substr(0, dot);
@@ -612,7 +623,9 @@ std::string recipe_to_yaml(const Recipe& r) {
       section = sec;
       if (!sec.empty()) out += sec + ":\n";
     }
-    out += (sec.empty() ? f.key : "  " + f.key.substr(dot + 1)) + ": " + f.get(r) + "\n";
+    out += (sec.empty() ? f.key : "  " + f.key.substr(dot + 1)) + ": " + f.get(r);
+    if (const auto it = written.find(f.key); it != written.end() && !it->second.empty()) out += "  # from the Hub: " + it->second;
+    out += "\n";
   }
   return out;
 }
@@ -629,6 +642,14 @@ std::string recipe_hash(const Recipe& r) {
   // FNV-1a over every resolved value except those a resumed run may change: its intervals, where it
   // writes and caches, how long it runs (to train further), and the device (moving a run between
   // machines; a dropout stream that cannot follow is refused by the trainer with its own message).
+  if (r.as_written) {  // Hub ids as written: the snapshot paths they resolved to differ between machines
+    Recipe w = r;
+    w.model.path = r.as_written->model_path;
+    w.data.files = r.as_written->files;
+    w.data.eval_files = r.as_written->eval_files;
+    w.as_written.reset();
+    return recipe_hash(w);
+  }
   uint64_t h = 1469598103934665603ull;
   for (const auto& f : all_fields()) {
     if (f.key.rfind("distributed.", 0) == 0) continue;  // how a run is launched changes no bit of it

@@ -21,7 +21,9 @@ enum class Schedule { kConstant, kLinear, kCosine };
 enum class NanPolicy { kStop, kSkip };
 
 struct ModelSection {
-  std::filesystem::path path;                      // Hugging Face model directory
+  // A Hugging Face model directory, or a Hub id (org/name[@revision], hf://org/name): see docs/HUB.md and
+  // resolve_hub_ids (trainer/recipe_hub.h), which turns an id into its snapshot directory before use.
+  std::filesystem::path path;
   std::vector<std::string> target_modules = {"all-linear"};  // or a subset of q_proj … down_proj
   // Quickstart only: when `path` does not exist, create a small random Llama + tokenizer there.
   bool create_if_missing = false;
@@ -123,7 +125,7 @@ void validate_export_section(const ExportSection& e, const std::string& where);
 struct LoggingSection {
   bool tensorboard = true;  // events.out.tfevents.* in output_dir (trainer/tensorboard.h)
   bool report = true;       // report.html in output_dir when the run ends (trainer/run_report.h)
-  std::string console = "text";  // text | json: every console line a JSON object (MetricsLog::Console)
+  std::string console = "text";  // text | json: every console line a JSON object (ConsoleOptions)
   bool quiet = false;            // no progress or evaluation lines on the console
 };
 
@@ -139,8 +141,17 @@ struct DistributedSection {
   double bucket_mb = 25;    // adapter gradients are all-reduced in buckets of this size (DDP's default)
 };
 
+// model.path and the data file entries as the recipe wrote them, kept by resolve_hub_ids when it
+// replaced Hub ids in them with local snapshot paths: recipe_hash hashes these, so a run resumes on any
+// machine that resolves the same ids, whatever its cache directory.
+struct WrittenPaths {
+  std::filesystem::path model_path;
+  std::vector<DataFile> files, eval_files;
+};
+
 struct Recipe {
   std::filesystem::path source;  // the YAML file
+  std::optional<WrittenPaths> as_written;  // set by resolve_hub_ids only
   ModelSection model;
   QuantizationSection quantization;
   LoraSection lora;
@@ -159,12 +170,13 @@ struct Recipe {
 // they are run with). Throws UsageError listing every problem found.
 Recipe load_recipe(const std::filesystem::path& path, const std::vector<std::string>& overrides = {});
 
-// The resolved recipe as YAML (every key, defaults included): --print-config and the run directory.
+// The resolved recipe as YAML (every key, defaults included): --print-config and the run directory. After
+// resolve_hub_ids, a path that was a Hub id carries the id in a comment.
 std::string recipe_to_yaml(const Recipe& r);
 
 // Stable hash of the resolved recipe (resume refuses a checkpoint made with another config). Intervals,
 // output_dir, data.cache_dir, max_steps, epochs, training.device and the export section are left out: a resumed run may
-// change them.
+// change them. Hub ids are hashed as written (Recipe::as_written), not as the local paths they resolved to.
 std::string recipe_hash(const Recipe& r);
 
 }  // namespace qtrain

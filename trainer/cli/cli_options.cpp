@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "data/error.h"
+#include "data/hub/hub_resolve.h"
 #include "ops/dtype_names.h"
 #include "trainer/cli/cli_examples.h"
 
@@ -67,6 +68,17 @@ at::Device parse_device_option(const std::string& s, const std::string& option) 
   } catch (const c10::Error&) {
   }
   throw UsageError("--" + option + " '" + s + "' is not a device (expected cpu, cuda or cuda:N)");
+}
+
+std::string resolve_model_arg(const std::string& arg, const std::string& option) {
+  if (arg.empty()) return arg;
+  const auto ref = hub::model_ref_for(arg, "--" + option);
+  if (!ref) return arg;
+  try {
+    return hub::resolve_model(*ref, hub::hub_settings_from_env(), hub::stderr_log()).string();
+  } catch (const Error& e) {
+    throw Error(e.code(), "--" + option + " '" + arg + "': " + e.what());
+  }
 }
 
 }  // namespace qtrain::cli

@@ -29,4 +29,10 @@ at::ScalarType parse_dtype_option(const std::string& s, const std::string& optio
 std::vector<int64_t> parse_id_list(const std::string& s, const std::string& option);
 at::Device parse_device_option(const std::string& s, const std::string& option);     // cpu|cuda|cuda:N
 
+// A --model / --adapter / positional MODEL_DIR argument: a local directory as given, or a Hub id
+// (org/name[@revision], hf://org/name; the rule in data/hub/hub_resolve.h) fetched into the Hugging Face
+// cache (HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE: docs/HUB.md), as its snapshot directory.
+// An empty argument stays empty (an optional option not given).
+std::string resolve_model_arg(const std::string& arg, const std::string& option);
+
 }  // namespace qtrain::cli

@@ -8,6 +8,7 @@
 #include "trainer/cli/quickstart_model.h"
 #include "trainer/config.h"
 #include "trainer/metrics_log.h"
+#include "trainer/recipe_hub.h"
 #include "trainer/distributed_env.h"
 #include "trainer/run_report.h"
 #include "trainer/train.h"
@@ -34,11 +35,14 @@ int run_train(const std::vector<std::string>& args) {
   if (!vm) return 0;
   if (vm->count("quiet")) sets.push_back("logging.quiet=true");
   if (vm->count("log-format")) sets.push_back("logging.console=" + (*vm)["log-format"].as<std::string>());
-  const Recipe r = load_recipe(recipe, sets);
+  const Recipe written = load_recipe(recipe, sets);
   if (vm->count("print-config")) {
-    std::cout << recipe_to_yaml(r);
+    std::cout << recipe_to_yaml(written);  // as written: printing a recipe never downloads
     return 0;
   }
+  // Hub ids (model.path: org/name, hf://datasets/... files) → snapshot paths in the HF cache, before the
+  // quick start (which trains its tokenizer on data.files) and before train(); recipe_hash still sees the ids.
+  const Recipe r = resolve_hub_ids(written, hub::hub_settings_from_env(), hub::stderr_log());
   if (r.model.create_if_missing && !std::filesystem::exists(r.model.path)) {
     if (launched_as_rank0()) {  // under torchrun / srun the other ranks wait for rank 0's model
       std::cerr << console_line(r.logging.console == "json", "quickstart: creating a small Llama and its tokenizer in " + r.model.path.string());

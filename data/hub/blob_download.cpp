@@ -1,0 +1,156 @@
+#include "data/hub/blob_download.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "data/error.h"
+#include "data/hub/blob_lock.h"
+#include "data/hub/sha256.h"
+#include "data/io/atomic_file.h"
+
+namespace qtrain::hub {
+namespace fs = std::filesystem;
+namespace {
+
+int64_t file_size_or_zero(const fs::path& p) {
+  std::error_code ec;
+  const auto n = fs::file_size(p, ec);
+  return ec ? 0 : static_cast<int64_t>(n);
+}
+
+// RAII for the .incomplete file's FILE*.
+struct OpenFile {
+  std::FILE* f = nullptr;
+  ~OpenFile() {
+    if (f) std::fclose(f);
+  }
+};
+
+std::string describe(const HubRef& ref, const std::string& commit, const std::string& path) {
+  return to_string(ref.type) + " '" + ref.repo_id + "' (revision '" + ref.revision + "', commit " + commit.substr(0, 12) + ") file '" + path + "'";
+}
+
+// Checks a complete .incomplete file against the metadata; a mismatch deletes it (a resume cannot
+// repair wrong bytes) and throws.
+void verify(const fs::path& part, const FileMetadata& meta, const std::string& what, const std::string& url) {
+  const int64_t got = file_size_or_zero(part);
+  if (meta.size >= 0 && got != meta.size) {
+    fs::remove(part);
+    throw Error(ExitCode::kFailure, "Hub: " + what + ": downloaded " + std::to_string(got) + " bytes, the Hub says " +
+                                        std::to_string(meta.size) + " [" + url + "]; the partial file was deleted, run again");
+  }
+  if (meta.is_sha256()) {
+    const std::string sha = sha256_file(part);
+    if (sha != meta.etag) {
+      fs::remove(part);
+      throw Error(ExitCode::kFailure, "Hub: " + what + ": sha256 " + sha + " does not match the Hub's " + meta.etag + " [" + url +
+                                          "]; the corrupt download was deleted, run again");
+    }
+  }
+}
+
+}  // namespace
+
+void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, const std::string& commit, const FileMetadata& meta,
+                      DownloadProgress& progress) {
+  const HubSettings& s = api.settings();
+  const fs::path blob = cache.blob(meta.etag);
+  const std::string what = describe(ref, commit, meta.path_in_repo);
+  if (!fs::exists(blob)) {
+    BlobLock lock(cache.lock_file(meta.etag), [&] { progress.note("waiting: another process is downloading " + meta.path_in_repo); });
+    if (!fs::exists(blob)) {  // the process we waited for may have finished it
+      std::error_code ec;
+      fs::create_directories(blob.parent_path(), ec);
+      const fs::path part = cache.incomplete(meta.etag);
+      bool started = false;
+      for (int attempt = 1;; ++attempt) {
+        int64_t offset = file_size_or_zero(part);
+        if (meta.size >= 0 && offset > meta.size) {  // longer than the file: not a prefix of it
+          fs::remove(part);
+          offset = 0;
+        }
+        if (meta.size >= 0 && offset == meta.size) break;  // an earlier run got every byte
+        if (!started) {
+          if (offset > 0) progress.note("resuming " + meta.path_in_repo + " at " + human_bytes(offset) + " (" + part.string() + ")");
+          progress.start_file(meta.path_in_repo, meta.size, offset);
+          started = true;
+        }
+        OpenFile out;
+        out.f = std::fopen(part.c_str(), offset > 0 ? "ab" : "wb");
+        if (!out.f) throw Error(ExitCode::kFailure, "Hub cache: cannot write " + part.string() + ": " + std::strerror(errno));
+        HttpRequest req;
+        req.url = meta.download_url;
+        req.headers = api.auth_headers(req.url);
+        req.range_from = offset;
+        req.connect_timeout_s = s.connect_timeout_s;
+        req.stall_timeout_s = s.stall_timeout_s;
+        HttpResponse res;
+        try {
+          res = api.http().download(
+              req,
+              [&](const HttpResponse& r) {
+                // 200 to a range request: the server sends the whole file, so start the file again.
+                if (offset > 0 && r.status == 200) {
+                  if (std::freopen(part.c_str(), "wb", out.f) == nullptr) {
+                    out.f = nullptr;
+                    throw Error(ExitCode::kFailure, "Hub cache: cannot rewrite " + part.string());
+                  }
+                  progress.restart_file();
+                  offset = 0;
+                }
+              },
+              [&](const char* data, std::size_t n) {
+                if (std::fwrite(data, 1, n, out.f) != n) return false;
+                progress.advance(static_cast<int64_t>(n));
+                return true;
+              });
+        } catch (const NetworkError& e) {
+          std::fflush(out.f);
+          const int64_t have = file_size_or_zero(part);
+          if (attempt >= s.download_attempts)
+            throw Error(ExitCode::kFailure, "Hub: downloading " + what + " failed after " + std::to_string(attempt) + " attempt" +
+                                                (attempt > 1 ? "s" : "") + ": " + e.what() + "; the " + human_bytes(have) +
+                                                " received are kept in " + part.string() + " and the next run resumes from there");
+          const double wait = s.retry_backoff_s * (1 << std::min(attempt - 1, 5));
+          progress.note("connection lost in " + meta.path_in_repo + " at " + human_bytes(have) + " (" + e.what() + "); resuming in " +
+                        std::to_string(static_cast<int>(wait * 1000)) + " ms (attempt " + std::to_string(attempt + 1) + " of " +
+                        std::to_string(s.download_attempts) + ")");
+          std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+          continue;
+        }
+        if (std::fflush(out.f) != 0 || std::ferror(out.f))
+          throw Error(ExitCode::kFailure, "Hub cache: writing " + part.string() + " failed (disk full?)");
+        if (res.status == 416 && attempt < s.download_attempts) {  // our partial file is no prefix the server knows
+          std::fclose(out.f);
+          out.f = nullptr;
+          fs::remove(part);
+          continue;
+        }
+        if (res.status >= 500 && attempt < s.download_attempts) {
+          progress.note("HTTP " + std::to_string(res.status) + " for " + meta.path_in_repo + "; retrying");
+          std::this_thread::sleep_for(std::chrono::duration<double>(s.retry_backoff_s));
+          continue;
+        }
+        if (res.status != 200 && res.status != 206) api.throw_for_status(res, ref, commit, meta.path_in_repo, req.url);
+        if (meta.size < 0) break;  // no size to check: the server said the body ended
+        if (file_size_or_zero(part) >= meta.size) break;
+        // A body that ended early without an error (a proxy cut it): resume like a dropped connection.
+        if (attempt >= s.download_attempts)
+          throw Error(ExitCode::kFailure, "Hub: " + what + ": the server ended the body at " + human_bytes(file_size_or_zero(part)) +
+                                              " of " + human_bytes(meta.size) + "; kept in " + part.string() + " for the next run");
+      }
+      verify(part, meta, what, meta.download_url);
+      try {
+        publish_file(part, blob);  // fsync, rename, fsync blobs/
+      } catch (const std::exception& e) {
+        throw Error(ExitCode::kFailure, "Hub cache: cannot publish " + blob.string() + ": " + e.what());
+      }
+      if (started) progress.end_file();
+    }
+  }
+  cache.link_snapshot_file(commit, meta.path_in_repo, meta.etag);
+}
+
+}  // namespace qtrain::hub

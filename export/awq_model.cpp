@@ -251,7 +251,7 @@ AwqLayerResult awq_quantize_layer(LlamaModel& model, int64_t i, const std::vecto
 }
 
 QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib, const AwqSettings& s,
-                                  const Progress& progress, std::vector<AwqSearchStat>* searches) {
+                                  const ConsoleOptions& console, std::vector<AwqSearchStat>* searches) {
   at::NoGradGuard ng;
   if (calib.ids.empty()) throw UsageError("AWQ needs calibration data (the run's training data or --calib FILE)");
   if (s.bits != 4) throw UsageError("AWQ: only 4-bit quantization is supported (GEMM packing), found " + std::to_string(s.bits));
@@ -262,6 +262,7 @@ QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib
   std::vector<at::Tensor> counted;
   for (const auto& c : calib.counts) counted.push_back(c.to(dev));
 
+  ProgressLine progress(console, "AWQ: searching scales and quantizing", model.num_layers(), "layers");
   for (int64_t i = 0; i < model.num_layers(); ++i) {
     DecoderLayer& layer = model.layer(i);
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
@@ -287,8 +288,9 @@ QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib
     const auto t0 = Clock::now();
     for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(1, h.size(1)));
     out.calibrate_seconds += seconds_since(t0);
-    if (progress) progress("layer " + std::to_string(i + 1) + "/" + std::to_string(model.num_layers()) + " quantized (AWQ)");
+    progress.update(i + 1);
   }
+  progress.finish();
   return out;
 }
 

@@ -80,6 +80,6 @@ AwqLayerResult awq_quantize_layer(LlamaModel& model, int64_t i, const std::vecto
 // so the non-linear tensors of the export must be taken from the model afterwards (state_tensors()).
 // `searches` (optional) receives every mapping's search. Throws UsageError without calibration data.
 QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib, const AwqSettings& s,
-                                  const Progress& progress = {}, std::vector<AwqSearchStat>* searches = nullptr);
+                                  const ConsoleOptions& console = {}, std::vector<AwqSearchStat>* searches = nullptr);
 
 }  // namespace qtrain

@@ -94,7 +94,7 @@ std::string gguf_file_name(const fs::path& model_dir, const std::string& type) {
 
 class Exporter {
  public:
-  Exporter(const ExportJob& job, const Progress& progress) : job_(job), progress_(progress) {}
+  Exporter(const ExportJob& job, const ExportMessages& messages) : job_(job), messages_(messages) {}
 
   ExportResult run() {
     const ExportSection& e = job_.settings;
@@ -210,7 +210,7 @@ class Exporter {
   }
 
   void say(const std::string& s) const {
-    if (progress_) progress_(s);
+    if (messages_) messages_(s);
   }
   void phase(const std::string& name, Clock::time_point t0) { phase(name, seconds_since(t0)); }
   void phase(const std::string& name, double s) { report_.phases.emplace_back(name, s); }
@@ -222,6 +222,7 @@ class Exporter {
     lo.dtype = job_.compute;
     lo.device = job_.device;
     lo.quantize = job_.base_quant;
+    lo.console = job_.console;
     LlamaModel m = LlamaModel::load(job_.model_dir, lo);
     if (!job_.adapter_dir.empty()) apply_peft_adapter(m, job_.adapter_dir, at::kFloat);
     return m;
@@ -232,7 +233,7 @@ class Exporter {
     if (!job_.run) return;
     DataConfig d = job_.run->data;
     if (d.cache_dir.empty()) d.cache_dir = job_.run_dir / "cache";
-    data_ = build_dataset(d, tokenizer(), job_.model_dir, nullptr);
+    data_ = build_dataset(d, tokenizer(), job_.model_dir, nullptr, job_.console);
     data_config_ = d;
   }
 
@@ -276,7 +277,7 @@ class Exporter {
       say("GPTQ: " + std::to_string(model.num_layers()) + " layers, " + std::to_string(report_.calib_samples) +
           " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
       warn_unservable_groups(model);
-      QuantizedModel q = quantize_model(model, *calib, gptq_settings(e), QuantMethod::kGptq, progress_);
+      QuantizedModel q = quantize_model(model, *calib, gptq_settings(e), QuantMethod::kGptq, job_.console);
       phase("calibration passes", q.calibrate_seconds);
       phase("GPTQ", q.quantize_seconds);
       report_.merges = q.merges;
@@ -289,7 +290,7 @@ class Exporter {
           " calibration sequences (" + std::to_string(report_.calib_tokens) + " tokens) from " + calib->source);
       warn_unservable_groups(model);
       t = Clock::now();
-      QuantizedModel q = awq_quantize_model(model, *calib, awq_settings(e), progress_);
+      QuantizedModel q = awq_quantize_model(model, *calib, awq_settings(e), job_.console);
       phase("AWQ (search, clip, quantize)", t);
       report_.merges = q.merges;
       report_.linears = q.linears;
@@ -380,8 +381,13 @@ class Exporter {
     const LlamaModel& ref = *merged;
     auto measure = [&](const std::string& name, const LlamaModel& m, std::optional<uint64_t> bytes) {
       ModelQuality q{name};
-      if (windows) q.text = window_nll(m, *windows, 1, &ref);
-      if (heldout) q.heldout_nll = evaluate(m, data_.eval, job_.run->training.micro_batch_size, data_config_, 0).loss;
+      if (windows) {
+        ProgressLine line(job_.console, "report: evaluating " + name, windows->size(), "windows");
+        q.text = window_nll(m, *windows, 1, &ref, show_window_progress(line));
+        line.finish("", /*transient=*/true);  // the numbers follow
+      }
+      if (heldout)
+        q.heldout_nll = evaluate(m, data_.eval, job_.run->training.micro_batch_size, data_config_, 0, {}, job_.console).loss;
       q.bytes = bytes;
       say("report: " + name + (q.text ? ": text ppl " + std::to_string(q.text->ppl) + ", KL " + std::to_string(q.text->kl) : "") +
           (q.heldout_nll ? ", held-out NLL " + std::to_string(*q.heldout_nll) : ""));
@@ -392,6 +398,7 @@ class Exporter {
       LoadOptions dense;
       dense.dtype = job_.compute;
       dense.device = job_.device;
+      dense.console = job_.console;
       measure("base checkpoint (dense, no adapter)", LlamaModel::load(job_.model_dir, dense), std::nullopt);
     }
     measure(std::string(job_.base_quant ? (job_.base_quant->type == ops::QuantType::kNF4 ? "NF4" : "FP4") : "base") +
@@ -399,7 +406,7 @@ class Exporter {
             load_trained(), std::nullopt);
     if (e.format == ExportFormat::kGptq) {
       LlamaModel rtn = load_trained();
-      quantize_model(rtn, CalibrationSet{}, gptq_settings(e), QuantMethod::kRtn);
+      quantize_model(rtn, CalibrationSet{}, gptq_settings(e), QuantMethod::kRtn, job_.console);
       measure(quant_label(e, "RTN"), rtn, std::nullopt);
     } else if (e.format == ExportFormat::kAwq) {  // round-to-nearest on AWQ's grid, no scales, no clip
       LlamaModel rtn = load_trained();
@@ -413,6 +420,7 @@ class Exporter {
     LoadOptions lo;
     lo.dtype = job_.compute;
     lo.device = job_.device;
+    lo.console = job_.console;
     if (e.format == ExportFormat::kGguf) {
       measure("GGUF " + e.gguf_type + " (as written, read back as llama.cpp dequantizes it)",
               load_gguf_model(out / gguf_file_, ref.config(), lo), report_.bytes_on_disk);
@@ -426,7 +434,7 @@ class Exporter {
   }
 
   const ExportJob& job_;
-  const Progress& progress_;
+  const ExportMessages& messages_;
   std::unique_ptr<Tokenizer> tok_;  // loaded when first needed: a model directory without one still exports
   int64_t calib_len_ = 0, eval_len_ = 0;  // the settings', within the model's context
   std::optional<TextWindows> windows_;   // the report's text windows, made before any work
@@ -458,10 +466,10 @@ ExportJob export_job_for_run(const fs::path& run_dir, const ExportSection& setti
   return job;
 }
 
-ExportResult run_export(const ExportJob& job, const Progress& progress) {
+ExportResult run_export(const ExportJob& job, const ExportMessages& messages) {
   validate_export_section(job.settings, "export");
   if (job.settings.format == ExportFormat::kNone) throw UsageError("export: format must be merged or gptq");
-  return Exporter(job, progress).run();
+  return Exporter(job, messages).run();
 }
 
 }  // namespace qtrain

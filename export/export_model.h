@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -30,6 +32,7 @@ struct ExportJob {
   at::ScalarType compute = at::kFloat;  // what the models run in while calibrating and evaluating
   uint64_t max_shard_bytes = 5ull << 30;
   bool overwrite = false;
+  ConsoleOptions console;  // progress lines of the long phases (loading, tokenizing, quantizing, the report)
 };
 
 // A job for the run in `run_dir` (its config.yaml: base model, quantization, adapter at run_dir/adapter,
@@ -42,7 +45,10 @@ struct ExportResult {
   nlohmann::ordered_json report;  // also written as export_report.json (and .md) in `out`
 };
 
-// Writes the export and its report. Progress lines go to `progress`.
-ExportResult run_export(const ExportJob& job, const Progress& progress = {});
+// One line of what the export is doing ("wrote DIR", warnings, the report's numbers).
+using ExportMessages = std::function<void(const std::string&)>;
+
+// Writes the export and its report. Messages go to `messages`, progress lines to job.console.
+ExportResult run_export(const ExportJob& job, const ExportMessages& messages = {});
 
 }  // namespace qtrain

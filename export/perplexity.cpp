@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <iterator>
 
@@ -96,6 +97,14 @@ at::Tensor final_hidden(const LlamaModel& m, const at::Tensor& ids) {
 }
 
 }  // namespace
+
+WindowProgress show_window_progress(ProgressLine& line) {
+  return [&line](int64_t done, int64_t, double nll) {
+    char ppl[48];
+    std::snprintf(ppl, sizeof ppl, "ppl %.4f", std::exp(nll));
+    line.update(done, ppl);
+  };
+}
 
 NllResult window_nll(const LlamaModel& model, const TextWindows& w, int64_t batch_size, const LlamaModel* reference,
                      const WindowProgress& progress, int64_t chunk_rows) {

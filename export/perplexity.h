@@ -23,6 +23,7 @@
 
 #include <ATen/ATen.h>
 
+#include "data/progress.h"
 #include "data/tokenizer/tokenizer.h"
 #include "trainer/model/model.h"
 
@@ -74,6 +75,9 @@ struct NllResult {
 
 // Called after each batch with the windows done so far, of `total`, and the running mean NLL.
 using WindowProgress = std::function<void(int64_t done, int64_t total, double running_nll)>;
+
+// Shows window_nll's progress on `line`, with the running perplexity.
+WindowProgress show_window_progress(ProgressLine& line);
 
 // Mean NLL over every scored token of the windows, batch_size windows at a time. Logits are computed in
 // the model's dtype (as transformers does in the papers' code) and turned into fp32 log-softmax a chunk

@@ -61,7 +61,7 @@ std::vector<std::vector<size_t>> equal_length_batches(const CalibrationSet& cali
 }  // namespace
 
 QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, const GptqSettings& settings,
-                              QuantMethod method, const Progress& progress) {
+                              QuantMethod method, const ConsoleOptions& console) {
   at::NoGradGuard ng;
   if (method == QuantMethod::kGptq && calib.ids.empty())
     throw UsageError("GPTQ needs calibration data (the run's training data or --calib FILE)");
@@ -78,6 +78,8 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
     counted.push_back(at::cat(counts).to(dev));
   }
 
+  ProgressLine progress(console, method == QuantMethod::kGptq ? "GPTQ: quantizing" : "RTN: quantizing", model.num_layers(),
+                        "layers");
   for (int64_t i = 0; i < model.num_layers(); ++i) {
     DecoderLayer& layer = model.layer(i);
     const std::string prefix = "model.layers." + std::to_string(i) + ".";
@@ -155,8 +157,9 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
       for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(h.size(0), h.size(1)));
       out.calibrate_seconds += seconds_since(t0);
     }
-    if (progress) progress("layer " + std::to_string(i + 1) + "/" + std::to_string(model.num_layers()) + " quantized");
+    progress.update(i + 1);
   }
+  progress.finish();
   return out;
 }
 

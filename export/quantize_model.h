@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "data/io/gptq_settings.h"
+#include "data/progress.h"
 #include "export/calibration.h"
 #include "export/merge.h"
 #include "trainer/model/model.h"
@@ -41,12 +42,11 @@ struct QuantizedModel {
   double quantize_seconds = 0;               // the quantizer itself
 };
 
-using Progress = std::function<void(const std::string&)>;
-
 // Quantizes every decoder-layer linear of `model` in place: afterwards each holds its dequantized
 // quantized weight, dense in the model dtype, so the model computes what the exported checkpoint
 // computes (the report evaluates it). `calib` may be empty for kRtn (no statistics then).
+// A progress line over the layers goes to `console`.
 QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, const GptqSettings& settings,
-                              QuantMethod method, const Progress& progress = {});
+                              QuantMethod method, const ConsoleOptions& console = {});
 
 }  // namespace qtrain

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "data/dataset/batching.h"
+#include "data/progress.h"
 #include "trainer/model/model.h"
 
 namespace qtrain {
@@ -17,8 +18,10 @@ struct EvalResult {
   bool interrupted = false; // `stop` fired between batches: the numbers are incomplete, don't use them
 };
 
-// max_batches: 0 = the whole split. `stop` is polled between batches.
+// max_batches: 0 = the whole split. `stop` is polled between batches. A long evaluation shows a
+// progress line on `console`, erased at the end (the caller reports the result).
 EvalResult evaluate(const LlamaModel& model, const std::shared_ptr<const ExampleSet>& data, int64_t micro_batch_size,
-                    const DataConfig& config, int64_t max_batches, const std::function<bool()>& stop = {});
+                    const DataConfig& config, int64_t max_batches, const std::function<bool()>& stop = {},
+                    const ConsoleOptions& console = {});
 
 }  // namespace qtrain

@@ -123,9 +123,13 @@ void MetricsLog::message(const std::string& text) {
     std::cerr << console_line(true, text);
     return;
   }
+  end_live_line();
+  std::cerr << text << "\n";
+}
+
+void MetricsLog::end_live_line() {
   if (live_) std::cerr << "\n";
   live_ = false;
-  std::cerr << text << "\n";
 }
 
 std::string console_line(bool json, const std::string& text) {

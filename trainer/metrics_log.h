@@ -13,6 +13,8 @@
 #include <set>
 #include <string>
 
+#include "data/progress.h"
+
 namespace qtrain {
 
 class TensorBoardWriter;
@@ -38,11 +40,9 @@ class MetricsLog {
   //          {"kind": "message", "time": ..., "text": ...}; no live line.
   //   quiet: no line per record (the progress and evaluation lines); messages (set-up, checkpoints,
   //          warnings, the summary) still print.
-  struct Console {
-    bool json = false;
-    bool quiet = false;
-  };
-  void set_console(Console c) { console_ = c; }
+  void set_console(ConsoleOptions c) { console_ = c; }
+  // Ends the live step line (a newline), so a phase's own progress line starts on a fresh one.
+  void end_live_line();
 
   // One record: {"kind": kind, "step": step, "time": unix seconds, ...values}; printed as a progress
   // line when kind == "train".
@@ -59,7 +59,7 @@ class MetricsLog {
   std::filesystem::path path_;
   std::ofstream out_;
   std::set<std::pair<std::string, int64_t>> written_;
-  Console console_;
+  ConsoleOptions console_;
   std::string kept_;  // the records kept on resume, as metrics.jsonl lines
   std::unique_ptr<TensorBoardWriter> tensorboard_;
 };

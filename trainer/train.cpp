@@ -132,7 +132,7 @@ class Trainer {
     dcfg_ = r_.data;
     if (dcfg_.cache_dir.empty()) dcfg_.cache_dir = out_ / "cache";
     DataReport report;
-    ranks_->main_first("building the token cache", [&] { data_ = build_dataset(dcfg_, *tok, model_dir, &report); });
+    ranks_->main_first("building the token cache", [&] { data_ = build_dataset(dcfg_, *tok, model_dir, &report, console()); });
     if (ranks_->is_main()) std::cerr << console_line(r_.logging.console == "json", format_report(report));
     if (opts_.dry_run) {
       std::cerr << "dry run: recipe, model config (" << family_name(mcfg.family) << ", " << mcfg.num_hidden_layers
@@ -166,6 +166,7 @@ class Trainer {
     LoadOptions lo;
     lo.dtype = place_.compute;
     lo.device = place_.device;
+    lo.console = console();
     if (r_.quantization.enabled)
       lo.quantize = ops::QuantParams{r_.quantization.quant_type, r_.quantization.blocksize, r_.quantization.double_quant};
     const auto t_load = Clock::now();
@@ -201,7 +202,7 @@ class Trainer {
     }
     log_ = std::make_unique<MetricsLog>(out_ / "metrics.jsonl", total_, ranks_->is_main(), resumed_at);
     if (r_.logging.tensorboard) log_->add_tensorboard(out_, resumed_at, step_, recipe_to_yaml(r_));
-    log_->set_console({r_.logging.console == "json", r_.logging.quiet});
+    log_->set_console(console());
     log_->message("qtrain: " + std::string(family_name(mcfg.family)) + " " + model_dir.string() + " on " +
                   place_.device.str() + " (" + c10::toString(place_.compute) + "), base " +
                   (r_.quantization.enabled ? "NF4" : "dense") + " loaded in " + std::to_string(load_s).substr(0, 5) + " s, " +
@@ -297,6 +298,11 @@ class Trainer {
     return step_ == 0 || step_ == total_ || due(r_.schedule.eval_every);
   }
 
+  // What this run's console shows; only rank 0 shows progress (it speaks for the run).
+  ConsoleOptions console() const {
+    return {r_.logging.console == "json", r_.logging.quiet || (ranks_ && !ranks_->is_main())};
+  }
+
   void log_step(const StepResult& s, Clock::time_point t0) {
     tokens_since_log_ += s.tokens;
     result_.final_loss = s.loss;
@@ -315,7 +321,9 @@ class Trainer {
   // evaluation of this process also go into the summary). False when a stop request interrupted it:
   // nothing is recorded then.
   bool evaluate_and_log(const std::function<bool()>& stopping) {
-    const EvalResult e = evaluate(*model_, data_.eval, r_.training.micro_batch_size, dcfg_, r_.schedule.eval_batches, ranks_->within_step(stopping));
+    log_->end_live_line();
+    const EvalResult e = evaluate(*model_, data_.eval, r_.training.micro_batch_size, dcfg_, r_.schedule.eval_batches,
+                                  ranks_->within_step(stopping), console());
     if (e.interrupted) return false;
     log_->record("eval", step_, {{"eval_loss", e.loss}, {"eval_ppl", std::exp(e.loss)}, {"eval_token_acc", e.token_acc}});
     if (step_ == 0) result_.eval_loss_first = e.loss, result_.eval_acc_first = e.token_acc;  // before training

@@ -30,6 +30,7 @@ struct Settings {
   const Tokenizer* tok;
   FormatContext ctx;
   std::string tokenizer_hash;
+  ConsoleOptions console;
 };
 
 // Tokenizer files as transformers reads them; their contents key the cache.
@@ -66,16 +67,20 @@ using Outcome = std::variant<TokenizeOutcome, std::string>;  // tokens, or the e
 
 // Renders and tokenizes records on all cores; the tokenizer is thread-safe. Results stay in record
 // order, so errors and counts do not depend on scheduling.
-std::vector<Outcome> tokenize_records(const std::vector<Record>& records, const Settings& s, const FormatContext& ctx) {
+std::vector<Outcome> tokenize_records(const std::vector<Record>& records, const Settings& s, const FormatContext& ctx,
+                                      ProgressLine& progress) {
   std::vector<Outcome> out(records.size());
-  std::atomic<size_t> next{0};
+  std::atomic<size_t> next{0}, finished{0};
   std::exception_ptr failure;
   std::mutex failure_mutex;
+  // The calling thread works too and is the one that draws the progress line.
+  const auto caller = std::this_thread::get_id();
   auto work = [&] {
     for (;;) {
       const size_t begin = next.fetch_add(64);
       if (begin >= records.size()) return;
-      for (size_t i = begin; i < std::min(records.size(), begin + 64); ++i) {
+      const size_t end = std::min(records.size(), begin + 64);
+      for (size_t i = begin; i < end; ++i) {
         try {
           const RenderedRecord rr = render_record(records[i], ctx);
           TokenizeOutcome t = tokenize_example(rr.example, *s.tok, s.config->max_seq_len, rr.split_to_max_len);
@@ -89,6 +94,8 @@ std::vector<Outcome> tokenize_records(const std::vector<Record>& records, const 
           if (!failure) failure = std::current_exception();
         }
       }
+      finished += end - begin;
+      if (std::this_thread::get_id() == caller) progress.update(static_cast<int64_t>(finished.load()));
     }
   };
   const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
@@ -121,7 +128,9 @@ CachedTokens tokenize_file(const DataFile& f, const Settings& s, const FormatCon
     bad(msg);
   });
   c.counts.records += static_cast<int64_t>(records.size());
-  const auto outcomes = tokenize_records(records, s, ctx);
+  ProgressLine progress(s.console, "tokenizing " + f.path.string(), static_cast<int64_t>(records.size()), "examples");
+  const auto outcomes = tokenize_records(records, s, ctx, progress);
+  progress.finish();
   const auto eos = s.tok->eos_id();
   for (const auto& o : outcomes) {
     if (const auto* msg = std::get_if<std::string>(&o)) {
@@ -215,7 +224,7 @@ std::filesystem::path default_data_cache_dir() {
 }
 
 TokenizedDataset build_dataset(const DataConfig& config, const Tokenizer& tok, const std::filesystem::path& model_dir,
-                               DataReport* report) {
+                               DataReport* report, const ConsoleOptions& console) {
   if (const auto problems = data_config_problems(config); !problems.empty()) {
     std::string msg = "data section:";
     for (const auto& [k, m] : problems) msg += "\n  data." + k + ": " + m;
@@ -223,7 +232,7 @@ TokenizedDataset build_dataset(const DataConfig& config, const Tokenizer& tok, c
   }
   DataReport local;
   DataReport& r = report ? *report : local;
-  Settings s{&config, &tok, {}, hash_tokenizer_files(model_dir)};
+  Settings s{&config, &tok, {}, hash_tokenizer_files(model_dir), console};
   s.ctx.train_on = config.train_on;
   s.ctx.config = &config;
   r.bos_id = tok.bos_id();

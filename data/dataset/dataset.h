@@ -11,6 +11,7 @@
 #include "data/dataset/data_config.h"
 #include "data/dataset/data_report.h"
 #include "data/dataset/example_set.h"
+#include "data/progress.h"
 #include "data/tokenizer/tokenizer.h"
 
 namespace qtrain {
@@ -23,9 +24,10 @@ struct TokenizedDataset {
 // model_dir supplies tokenizer_config.json (chat template detection) and the tokenizer files that key
 // the cache. Throws UsageError for an impossible config or an unknown chat template, InputError naming
 // file and line for bad data (under on_error: skip, bad records are counted in the report instead),
-// and InputError when no example is left with a trained token. report may be null.
+// and InputError when no example is left with a trained token. report may be null. Tokenizing a file
+// that is not in the cache shows a progress line on `console`.
 TokenizedDataset build_dataset(const DataConfig& config, const Tokenizer& tok, const std::filesystem::path& model_dir,
-                               DataReport* report);
+                               DataReport* report, const ConsoleOptions& console = {});
 
 // Where the token cache goes when DataConfig::cache_dir is empty: $XDG_CACHE_HOME/qtrain/data or
 // ~/.cache/qtrain/data.

@@ -62,7 +62,10 @@ LlamaModel LlamaModel::from_weights(const ModelConfig& config, const WeightSourc
   const std::array<bool, 7> biases = {qkv_bias, qkv_bias, qkv_bias, c.attention_bias, c.mlp_bias, c.mlp_bias, c.mlp_bias};
 
   m.embed_ = w.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  ProgressLine progress(opts.console, opts.quantize ? "loading the base, quantizing to 4 bits" : "loading the model",
+                        c.num_hidden_layers, "layers");
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    progress.update(i);
     const std::string p = "model.layers." + std::to_string(i);
     DecoderLayer l;
     l.input_norm = w.get(p + ".input_layernorm.weight", {c.hidden_size});
@@ -76,6 +79,7 @@ LlamaModel LlamaModel::from_weights(const ModelConfig& config, const WeightSourc
     }
     m.layers_.push_back(std::move(l));
   }
+  progress.finish();
   m.final_norm_ = w.get("model.norm.weight", {c.hidden_size});
   if (c.tie_word_embeddings) {
     m.lm_head_ = m.embed_;

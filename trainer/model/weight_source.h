@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include "data/progress.h"
 #include "ops/nf4.h"
 #include "trainer/model/linear.h"
 
@@ -22,6 +23,7 @@ struct LoadOptions {
   // tensor at a time on `device`. Embeddings, norms and lm_head stay in `dtype` (as bitsandbytes does).
   // Checkpoints that are already bnb-4bit load their quantized weights as stored either way.
   std::optional<ops::QuantParams> quantize;
+  ConsoleOptions console;  // a long load shows a progress line over the decoder layers
 };
 
 class WeightSource {

@@ -321,7 +321,7 @@ class Exporter {
     t = Clock::now();
     AtomicDirectory dir(out);
     gguf_file_ = gguf_file_name(job_.model_dir, job_.settings.gguf_type);
-    const GgufResult g = write_gguf(dir.path() / gguf_file_, model, job_.model_dir, parse_gguf_type(job_.settings.gguf_type));
+    const GgufResult g = write_gguf(dir.path() / gguf_file_, model, job_.model_dir, parse_gguf_type(job_.settings.gguf_type), job_.console);
     dir.commit();
     phase("write GGUF", t);
     std::map<std::string, int> counts;

@@ -562,7 +562,7 @@ std::vector<float> llama3_rope_factors(const ModelConfig& c) {
 }  // namespace
 
 GgufResult write_gguf(const std::filesystem::path& file, const LlamaModel& merged,
-                      const std::filesystem::path& model_dir, GgufType type) {
+                      const std::filesystem::path& model_dir, GgufType type, const ConsoleOptions& console) {
   const ModelConfig& c = merged.config();
   if (c.family == ModelFamily::kQwen2 || c.family == ModelFamily::kQwen3 || c.qk_norm || c.qkv_bias) {
     throw UsageError("GGUF export writes the llama architecture (Llama, Mistral); " + std::string(family_name(c.family)) +
@@ -684,7 +684,7 @@ GgufResult write_gguf(const std::filesystem::path& file, const LlamaModel& merge
                   }});
     result.tensor_types.emplace_back(name, std::string(gguf::ggml_type_name(gt)));
   }
-  result.bytes = w.write(file);
+  result.bytes = w.write(file, console);
   return result;
 }
 

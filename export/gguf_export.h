@@ -40,7 +40,7 @@ struct GgufResult {
 // tokenizer_config.json, config.json. Writes `file` atomically. Throws UsageError for an unsupported
 // family or a model that still has 4-bit linears, InputError naming the file for a bad tokenizer.
 GgufResult write_gguf(const std::filesystem::path& file, const LlamaModel& merged,
-                      const std::filesystem::path& model_dir, GgufType type);
+                      const std::filesystem::path& model_dir, GgufType type, const ConsoleOptions& console = {});
 
 namespace gguf {
 

@@ -173,7 +173,7 @@ void Writer::add_tensor(TensorEntry t) {
   tensors_.push_back(std::move(t));
 }
 
-uint64_t Writer::write(const std::filesystem::path& file) const {
+uint64_t Writer::write(const std::filesystem::path& file, const ConsoleOptions& console) const {
   Out h;
   h.buf.insert(h.buf.end(), kMagic, kMagic + 4);
   h.pod<uint32_t>(kVersion);
@@ -198,6 +198,7 @@ uint64_t Writer::write(const std::filesystem::path& file) const {
   AtomicFile out(file);
   out.write(h.buf.data(), h.buf.size());
   uint64_t written = h.buf.size();
+  ProgressLine progress(console, "writing " + file.filename().string(), static_cast<int64_t>((written + offset) >> 20), "MiB");
   static const uint8_t zeros[kAlignment] = {};
   for (const TensorEntry& t : tensors_) {
     const std::vector<uint8_t> data = t.produce();
@@ -210,8 +211,10 @@ uint64_t Writer::write(const std::filesystem::path& file) const {
     const uint64_t pad = align_up(data.size()) - data.size();
     out.write(zeros, pad);
     written += pad;
+    progress.update(static_cast<int64_t>(written >> 20));
   }
   out.commit();
+  progress.finish();
   return written;
 }
 

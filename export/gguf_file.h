@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "data/progress.h"
 #include "export/gguf_quants.h"
 
 namespace qtrain::gguf {
@@ -72,8 +73,9 @@ class Writer {
   void add_tensor(TensorEntry t);          // same
   const std::vector<KeyValue>& metadata() const { return kv_; }
   const std::vector<TensorEntry>& tensors() const { return tensors_; }
-  // Writes the file atomically (temporary sibling, fsync, rename, fsync directory). Returns its size.
-  uint64_t write(const std::filesystem::path& file) const;
+  // Writes the file atomically (temporary sibling, fsync, rename, fsync directory), with a progress line
+  // on `console` (tensors are quantized as they are written). Returns its size.
+  uint64_t write(const std::filesystem::path& file, const ConsoleOptions& console = {}) const;
 
  private:
   std::vector<KeyValue> kv_;

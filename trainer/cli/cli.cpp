@@ -28,11 +28,11 @@ const Verb kVerbs[] = {
     {"tokenize", run_tokenize, "encode text to token ids (or decode ids) with a model directory's tokenizer"},
     {"quantize", run_quantize, "write a bitsandbytes 4-bit (NF4/FP4) checkpoint that transformers loads"},
     {"dequantize", run_dequantize, "write a dense checkpoint from a 4-bit one"},
-    {"export", run_export, "merge a run's adapter into its base and write a merged or GPTQ 4-bit model with a quality report"},
-    {"eval", run_eval, "perplexity / mean token NLL of a model directory (dense, bnb-4bit, GPTQ) on a text or instruction dataset"},
+    {"export", run_export, "merge a run's adapter into its base and write it merged, as GPTQ or AWQ 4-bit, or as GGUF, with a quality report"},
+    {"eval", run_eval, "perplexity / mean token NLL of a model directory (dense, bnb-4bit, GPTQ, AWQ) on a text or instruction dataset"},
     {"generate", run_generate, "generate text with a model directory (and adapter), KV-cached, greedy or sampled"},
     {"report", run_report, "write a run's self-contained HTML report: curves, summary, data report, exports' quality"},
-    {"data", run_data, "preview or count a dataset as a recipe tokenizes it: qtrain data preview|stats RECIPE"},
+    {"data", run_data, "preview, count or render a dataset as a recipe tokenizes it: qtrain data preview|stats|render RECIPE"},
 };
 
 void print_help(std::ostream& os) {

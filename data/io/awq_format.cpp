@@ -10,12 +10,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 at::Tensor order_tensor() { return at::tensor(std::vector<int64_t>(kAwqOrder, kAwqOrder + 8), at::kLong); }
 at::Tensor nibble_shifts() { return at::arange(8, at::TensorOptions().dtype(at::kLong)) * 4; }
 
@@ -58,8 +52,8 @@ std::map<std::string, at::Tensor> pack_awq_gemm(const std::string& prefix, const
       q.g_idx.sizes() != at::IntArrayRef{in})
     throw UsageError(prefix + ": a " + std::to_string(out) + "x" + std::to_string(in) + " linear with group_size " +
                      std::to_string(group_size) + " has " + std::to_string(groups) + " groups; got codes " +
-                     shape_str(q.codes.sizes()) + ", scales " + shape_str(q.scales.sizes()) + ", zeros " +
-                     shape_str(q.zeros.sizes()) + ", g_idx " + shape_str(q.g_idx.sizes()));
+                     c10::str(q.codes.sizes()) + ", scales " + c10::str(q.scales.sizes()) + ", zeros " +
+                     c10::str(q.zeros.sizes()) + ", g_idx " + c10::str(q.g_idx.sizes()));
   const at::Tensor trivial = at::floor_divide(at::arange(in, at::kLong), width);
   if (!at::equal(q.g_idx.cpu().to(at::kLong), trivial))
     throw UsageError(prefix + ": AWQ groups are contiguous runs of " + std::to_string(width) +
@@ -93,12 +87,12 @@ GptqLinear unpack_awq_gemm(const TensorGetter& get, const std::string& source, c
   auto fetch = [&](const std::string& suffix, std::vector<int64_t> shape, bool integer) {
     const std::string name = prefix + suffix;
     at::Tensor t = get(name);
-    if (!t.defined()) fail(name, "is missing (expected shape " + shape_str(shape) + ")");
+    if (!t.defined()) fail(name, "is missing (expected shape " + c10::str(at::IntArrayRef(shape)) + ")");
     if (integer ? t.scalar_type() != at::kInt : !at::isFloatingType(t.scalar_type()))
       fail(name, std::string("has dtype ") + c10::toString(t.scalar_type()) + ", expected " +
                      (integer ? "int32" : "a float type (fp16)"));
     if (t.sizes() != at::IntArrayRef(shape))
-      fail(name, "has shape " + shape_str(t.sizes()) + ", expected " + shape_str(shape) + " for a " +
+      fail(name, "has shape " + c10::str(t.sizes()) + ", expected " + c10::str(at::IntArrayRef(shape)) + " for a " +
                      std::to_string(out) + "x" + std::to_string(in) + " linear with group_size " +
                      std::to_string(group_size) + " (AWQ GEMM: qweight [in, out/8], qzeros [groups, out/8], scales [groups, out])");
     return t;

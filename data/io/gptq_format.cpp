@@ -10,12 +10,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string shape_str(at::IntArrayRef s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 // Shifts 0, bits, 2·bits, ... for the `per_word` values of one int32 word, as an int64 tensor.
 at::Tensor word_shifts(int bits, int64_t per_word) {
   return at::arange(per_word, at::TensorOptions().dtype(at::kLong)) * bits;
@@ -75,9 +69,9 @@ std::map<std::string, at::Tensor> pack_gptq_v1(const std::string& prefix, const 
   const int64_t groups = q.scales.size(0);
   if (q.scales.sizes() != at::IntArrayRef{groups, out} || q.zeros.sizes() != at::IntArrayRef{groups, out} ||
       q.g_idx.sizes() != at::IntArrayRef{in})
-    throw UsageError(prefix + ": inconsistent GptqLinear (codes " + shape_str(q.codes.sizes()) + ", scales " +
-                     shape_str(q.scales.sizes()) + ", zeros " + shape_str(q.zeros.sizes()) + ", g_idx " +
-                     shape_str(q.g_idx.sizes()) + ")");
+    throw UsageError(prefix + ": inconsistent GptqLinear (codes " + c10::str(q.codes.sizes()) + ", scales " +
+                     c10::str(q.scales.sizes()) + ", zeros " + c10::str(q.zeros.sizes()) + ", g_idx " +
+                     c10::str(q.g_idx.sizes()) + ")");
   const at::Tensor codes = q.codes.cpu().to(at::kLong);
   const at::Tensor zeros = q.zeros.cpu().to(at::kLong);
   const int64_t maxq = (1LL << q.bits) - 1;
@@ -123,14 +117,14 @@ GptqLinear unpack_gptq_v1(const TensorGetter& get, const std::string& source, co
     const std::string name = prefix + suffix;
     at::Tensor t = get(name);
     if (!t.defined()) {
-      if (required) fail(name, "is missing (expected shape " + shape_str(shape) + ")");
+      if (required) fail(name, "is missing (expected shape " + c10::str(at::IntArrayRef(shape)) + ")");
       return t;
     }
     if (integer ? t.scalar_type() != at::kInt : !at::isFloatingType(t.scalar_type()))
       fail(name, std::string("has dtype ") + c10::toString(t.scalar_type()) + ", expected " +
                      (integer ? "int32" : "a float type (fp16)"));
     if (t.sizes() != at::IntArrayRef(shape))
-      fail(name, "has shape " + shape_str(t.sizes()) + ", expected " + shape_str(shape) + " for a " +
+      fail(name, "has shape " + c10::str(t.sizes()) + ", expected " + c10::str(at::IntArrayRef(shape)) + " for a " +
                      std::to_string(out) + "x" + std::to_string(in) + " linear with bits " + std::to_string(bits) +
                      ", group_size " + std::to_string(group_size));
     return t;

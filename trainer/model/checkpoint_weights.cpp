@@ -13,12 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
 class CheckpointWeights final : public WeightSource {
  public:
   CheckpointWeights(const safetensors::Checkpoint& ckpt, const LoadOptions& opts, std::optional<GptqSettings> gptq,
@@ -37,8 +31,8 @@ class CheckpointWeights final : public WeightSource {
     if (bnb::is_quantized(ckpt_, w)) {
       l.qweight = bnb::load(ckpt_, w, opts_.device);
       if (l.qweight->shape != std::vector<int64_t>{out, in})
-        throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + shape_str(l.qweight->shape) +
-                         " but config.json implies " + shape_str({out, in}));
+        throw InputError(ckpt_.dir().string() + ": 4-bit tensor '" + w + "' has shape " + c10::str(at::IntArrayRef(l.qweight->shape)) +
+                         " but config.json implies " + c10::str(at::IntArrayRef({out, in})));
     } else if (is_gptq_linear(ckpt_, prefix)) {
       // GPTQ v1 or AWQ GEMM (both store P.qweight; config.json says which): dequantized in fp32 on the
       // load device, then dense in the load dtype or NF4 when asked.
@@ -58,11 +52,11 @@ class CheckpointWeights final : public WeightSource {
   void check(const std::string& name, const std::vector<int64_t>& shape) const {
     if (!ckpt_.contains(name))
       throw InputError(ckpt_.dir().string() + ": checkpoint is missing tensor '" + name + "' (expected shape " +
-                       shape_str(shape) + ")");
+                       c10::str(at::IntArrayRef(shape)) + ")");
     const auto& info = ckpt_.info(name);
     if (info.shape != shape)
-      throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + shape_str(info.shape) +
-                       " but config.json implies " + shape_str(shape));
+      throw InputError(ckpt_.dir().string() + ": tensor '" + name + "' has shape " + c10::str(at::IntArrayRef(info.shape)) +
+                       " but config.json implies " + c10::str(at::IntArrayRef(shape)));
   }
 
   // The integer form of a packed linear, by the checkpoint's quantization_config: the settings given,

@@ -108,8 +108,9 @@ RepoInfo HubApi::repo_info(const HubRef& ref) {
 FileMetadata HubApi::file_metadata(const HubRef& ref, const std::string& commit, const std::string& path_in_repo) {
   std::string url = resolve_url(ref, commit, path_in_repo);
   HttpResponse res;
-  // Relative redirects stay on the Hub (a renamed repo): follow them, with the token. An absolute one
-  // points at the storage holding an LFS file: that is the download URL.
+  // Redirects that stay on the Hub (a renamed repo) are followed, with the token. One to another host
+  // points at the storage holding an LFS file: its response carries the metadata, its Location is the
+  // download URL (huggingface_hub draws the same line).
   for (int hops = 0;; ++hops) {
     HttpRequest req;
     req.url = url;
@@ -121,8 +122,9 @@ FileMetadata HubApi::file_metadata(const HubRef& ref, const std::string& commit,
     req.stall_timeout_s = s_.stall_timeout_s;
     res = http_.fetch(req);
     const std::string location = res.header("location");
-    if (res.status >= 300 && res.status < 400 && location.rfind("/", 0) == 0 && hops < 5) {
-      url = s_.endpoint + location;
+    const bool on_hub = location.rfind("/", 0) == 0 || location.rfind(s_.endpoint + "/", 0) == 0;
+    if (res.status >= 300 && res.status < 400 && on_hub && hops < 5) {
+      url = location.front() == '/' ? s_.endpoint + location : location;
       continue;
     }
     break;

@@ -77,7 +77,7 @@ std::vector<std::string> list_snapshot(const fs::path& dir) {
   std::error_code ec;
   for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (it->is_directory()) continue;
-    out.push_back(fs::relative(it->path(), dir).generic_string());
+    out.push_back(it->path().lexically_relative(dir).generic_string());  // lexical: the entries are symlinks
   }
   std::sort(out.begin(), out.end());
   return out;

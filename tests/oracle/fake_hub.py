@@ -173,7 +173,10 @@ class FakeHub:
         common = {"X-Repo-Commit": repo.commit, "Accept-Ranges": "bytes"}
         if repo.is_lfs(file):
             sha = repo.etag(file)
-            self.send(h, 302, {**common, "Location": f"{self.url}/cdn/{sha}", "ETag": f'"{git_blob_sha1(data)}"',
+            # Another host name for the same loopback server, as the Hub redirects to its CDN: clients stop at
+            # this response for the metadata (huggingface_hub follows same-host redirects only) and drop the token.
+            cdn = self.url.replace("127.0.0.1", "localhost")
+            self.send(h, 302, {**common, "Location": f"{cdn}/cdn/{sha}", "ETag": f'"{git_blob_sha1(data)}"',
                                "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}, b"", head)
         else:
             self.send(h, 200, {**common, "ETag": f'"{repo.etag(file)}"', "Content-Type": "application/octet-stream"}, data, head)

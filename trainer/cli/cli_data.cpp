@@ -51,7 +51,7 @@ DataJob job_from_options(const po::variables_map& vm, const std::string& verb) {
   } else {
     if (!vm.count("model") || !vm.count("file"))
       throw UsageError("data " + verb + ": give a RECIPE, or --model DIR and --file F (with --format)");
-    job.model = vm["model"].as<std::string>();
+    job.model = resolve_model_arg(vm["model"].as<std::string>(), "model");
     for (const auto& f : vm["file"].as<std::vector<std::string>>()) job.data.files.push_back({f, 1.0, std::nullopt});
   }
   // Explicit options refine a recipe too.

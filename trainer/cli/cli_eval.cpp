@@ -112,6 +112,7 @@ int run_eval(const std::vector<std::string>& args) {
                      " (--data expects a text corpus or a dataset file)");
 
   const auto t0 = Clock::now();
+  model_dir = resolve_model_arg(model_dir, "model"), adapter = resolve_model_arg(adapter, "adapter"), reference = resolve_model_arg(reference, "reference");
   const auto tok = load_tokenizer(model_dir);
   const ModelConfig config = parse_model_config(std::filesystem::path(model_dir) / "config.json");
   const int64_t max_pos = config.max_position_embeddings;

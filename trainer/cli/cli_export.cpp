@@ -123,8 +123,8 @@ int run_export(const std::vector<std::string>& args) {
   } else {
     e.dtype = dtype;
     e.calib = calib;
-    job.model_dir = model;
-    job.adapter_dir = adapter;
+    job.model_dir = resolve_model_arg(model, "model");
+    job.adapter_dir = resolve_model_arg(adapter, "adapter");
     if (!std::filesystem::is_directory(job.model_dir)) throw UsageError("--model " + model + " is not a directory");
     // An adapter was trained against a 4-bit base (QLoRA: NF4 unless told otherwise); a base exported
     // alone is taken as it is stored.

@@ -42,8 +42,8 @@ int run_forward(const std::vector<std::string>& args) {
   opts.dtype = parse_dtype_option(dtype, "dtype");
   opts.device = parse_device_option(device, "device");
   if (opts.device.is_cuda() && !at::hasCUDA()) throw UsageError("--device " + device + ": no CUDA device is available");
-  LlamaModel m = LlamaModel::load(model, opts);
-  if (!adapter.empty()) apply_peft_adapter(m, adapter);
+  LlamaModel m = LlamaModel::load(resolve_model_arg(model, "model"), opts);
+  if (!adapter.empty()) apply_peft_adapter(m, resolve_model_arg(adapter, "adapter"));
   const int64_t batch = seqs.size();
   at::Tensor ids = at::zeros({batch, seq}, at::kLong);
   at::Tensor mask = at::zeros({batch, seq}, at::kLong);

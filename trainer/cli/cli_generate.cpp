@@ -132,7 +132,7 @@ int run_generate(const std::vector<std::string>& args) {
     opts.quantize = qp;
   }
 
-  const fs::path dir = model;
+  const fs::path dir = resolve_model_arg(model, "model");
   const ModelConfig config = parse_model_config(dir / "config.json");
   GenerateConfig gen = default_generate_config(dir, config);
   gen.max_new_tokens = max_new_tokens;
@@ -162,7 +162,7 @@ int run_generate(const std::vector<std::string>& args) {
   if (prompt_ids.empty()) throw UsageError("the prompt is empty after tokenization (the tokenizer adds no BOS): give some text");
 
   LlamaModel m = LlamaModel::load(dir, opts);
-  if (!adapter.empty()) apply_peft_adapter(m, adapter);
+  if (!adapter.empty()) apply_peft_adapter(m, resolve_model_arg(adapter, "adapter"));
   const auto t0 = std::chrono::steady_clock::now();
   const GenerateResult r = generate(m, prompt_ids, gen);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -66,7 +66,7 @@ int run_inspect(const std::vector<std::string>& args) {
   spec.positional.add("model", 1);
   if (!parse_verb(args, spec)) return 0;
 
-  const std::filesystem::path dir(model);
+  const std::filesystem::path dir(resolve_model_arg(model, "model"));
   const ModelConfig c = parse_model_config(dir / "config.json");
   const auto ckpt = safetensors::Checkpoint::open(dir);
 

@@ -50,7 +50,7 @@ int run_quantize(const std::vector<std::string>& args) {
   const at::ScalarType compute = parse_dtype_option(compute_dtype, "compute-dtype");
   const uint64_t max_shard = parse_byte_size(shard, "max-shard-size");
 
-  const std::filesystem::path dir(model);
+  const std::filesystem::path dir(resolve_model_arg(model, "model"));
   const ModelConfig cfg = parse_model_config(dir / "config.json");
   if (cfg.bnb_4bit) throw UsageError(dir.string() + " is already a bitsandbytes 4-bit checkpoint");
   LoadOptions opts;
@@ -87,7 +87,7 @@ int run_dequantize(const std::vector<std::string>& args) {
   LoadOptions opts;
   opts.dtype = parse_dtype_option(dtype, "dtype");
   const uint64_t max_shard = parse_byte_size(shard, "max-shard-size");
-  const std::filesystem::path dir(model);
+  const std::filesystem::path dir(resolve_model_arg(model, "model"));
   LlamaModel m = LlamaModel::load(dir, opts);
   ModelDirContents c;
   c.config = read_model_config_json(dir);

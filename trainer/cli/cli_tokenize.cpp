@@ -82,7 +82,7 @@ int run_tokenize(const std::vector<std::string>& args) {
   if (has_text == has_file) throw UsageError("tokenize: give exactly one of --text and --file");
   if (lines && !has_file) throw UsageError("tokenize: --lines needs --file");
 
-  const auto tok = load_tokenizer(dir);
+  const auto tok = load_tokenizer(resolve_model_arg(dir, "model"));
   std::string input = text;
   if (has_file) {
     std::ifstream in(file, std::ios::binary);

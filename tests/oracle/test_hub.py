@@ -1,0 +1,326 @@
+"""Hub ids through a fake Hub on loopback (tests/oracle/fake_hub.py): qtrain's downloads land in the cache
+exactly as huggingface_hub's snapshot_download puts them, each side reads what the other wrote, and the
+faults a real network has (dropped connections, concurrent ranks, gated repos, 404s, corrupt bytes) end as
+they should. No request leaves 127.0.0.1."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fake_hub import TOKEN, FakeHub  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = ROOT / "recipes" / "guanaco.yaml"
+MODEL = "huggyllama/llama-7b"
+DATASET = "timdettmers/openassistant-guanaco"
+TRAIN_FILE = "openassistant_best_replies_train.jsonl"
+# A short run of the guanaco recipe with the tiny model: what the recipe names, only smaller.
+SMALL = ["training.device=cpu", "training.compute_dtype=float32", "training.max_steps=2", "training.gradient_accumulation=1",
+         "lora.r=4", "data.target_max_len=64", "data.max_seq_len=80", "schedule.eval_batches=1", "schedule.save_every=0",
+         "logging.report=false", "logging.tensorboard=false", "optimizer.paged=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(shared_data):
+    return shared_data / "models" / "llama2c-xs-tok512-hf"
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_model, shared_data, tmp_path_factory):
+    from safetensors.torch import load_file, save_file
+    rows = (shared_data / "datasets" / "guanaco-format" / "chinkara-open_qa.jsonl").read_bytes().splitlines(keepends=True)
+    h = FakeHub()
+    model_files = {p.name: p for p in sorted(tiny_model.iterdir()) if p.is_file()}
+    h.add("model", MODEL, model_files)
+    h.add("model", "gated-org/tiny", model_files, gated=True)
+    # The same model in two shards with an index: the layout of every real 7B repository.
+    d = tmp_path_factory.mktemp("sharded")
+    tensors = load_file(str(tiny_model / "model.safetensors"))
+    names = sorted(tensors)
+    halves = [names[: len(names) // 2], names[len(names) // 2:]]
+    weight_map = {}
+    for i, part in enumerate(halves):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({n: tensors[n] for n in part}, str(d / shard), metadata={"format": "pt"})
+        weight_map.update({n: shard for n in part})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    sharded = {k: v for k, v in model_files.items() if k != "model.safetensors"}
+    sharded.update({p.name: p for p in d.iterdir()})
+    sharded["pytorch_model.bin"] = b"not read by qtrain" * 1000  # present in the repo, never downloaded
+    h.add("model", "tiny-org/sharded", sharded)
+    h.add("dataset", DATASET, {TRAIN_FILE: b"".join(rows[:64]), "openassistant_best_replies_eval.jsonl": b"".join(rows[64:80]),
+                               "README.md": b"# guanaco\n"})
+    h.start()
+    yield h
+    h.stop()
+
+
+def env_for(hub, cache, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
+    env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=hub.url, HF_HOME=str(Path(cache).parent / "hf_home"),
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def qtrain(qtrain_bin, env, *args, cwd=None):
+    return subprocess.run([str(qtrain_bin), *map(str, args)], env=env, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def dry_run(qtrain_bin, env, tmp, *sets):
+    args = [RECIPE, "--dry-run"]
+    for s in ["training.device=cpu", f"output_dir={tmp / 'run'}", *sets]:
+        args += ["--set", s]
+    return qtrain(qtrain_bin, env, *args)
+
+
+def hf_snapshot(hub, cache, repo_id, repo_type="model", **kw):
+    """huggingface_hub's snapshot_download against the fake Hub, in a clean process (its settings are read at import)."""
+    code = ("import sys, json; from huggingface_hub import snapshot_download; "
+            "print(snapshot_download(sys.argv[1], repo_type=sys.argv[2], cache_dir=sys.argv[3], **json.loads(sys.argv[4])))")
+    r = subprocess.run([sys.executable, "-c", code, repo_id, repo_type, str(cache), json.dumps(kw)], env=env_for(hub, cache),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return Path(r.stdout.strip().splitlines()[-1])
+
+
+def cache_tree(cache):
+    """Everything that defines a cache's content: blobs (name → sha256), snapshot entries (→ symlink target),
+    refs (→ commit). huggingface_hub's own extras (trees/ listings, .locks, CACHEDIR.TAG text) are left out."""
+    out = {}
+    for p in sorted(Path(cache).rglob("*")):
+        rel = p.relative_to(cache).as_posix()
+        if rel.startswith(".locks") or "/trees/" in rel or rel == "CACHEDIR.TAG" or (p.is_dir() and not p.is_symlink()):
+            continue
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif "/refs/" in rel:
+            out[rel] = "ref " + p.read_text()
+        else:
+            out[rel] = "sha256 " + hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def blob_sha(hub, repo_id, path, kind="model"):
+    return hub.repos[(kind, repo_id)].etag(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+def test_guanaco_recipe_downloads_and_cache_equals_snapshot_download(qtrain_bin, hub, tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    r = dry_run(qtrain_bin, env_for(hub, ours), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "dry run: recipe, model config" in r.stderr and "[hub] model.safetensors" in r.stderr
+    hf_snapshot(hub, theirs, MODEL)
+    hf_snapshot(hub, theirs, DATASET, "dataset", allow_patterns=[TRAIN_FILE])
+    mine, ref = cache_tree(ours), cache_tree(theirs)
+    assert mine == ref
+    # The same files, links and refs: the README and the eval split of the dataset repo were not fetched.
+    assert any(k.endswith(f"snapshots/{hub.repos[('dataset', DATASET)].commit}/{TRAIN_FILE}") for k in mine)
+    assert not any("eval" in k or "README" in k for k in mine)
+    assert (ours / "CACHEDIR.TAG").exists()
+    # Negative control: the comparison sees one changed link target and one missing ref.
+    broken = dict(mine)
+    k = next(k for k in broken if k.endswith("/config.json"))
+    broken[k] = "-> ../../blobs/0000"
+    assert broken != ref
+    del broken[next(k for k in broken if k.endswith("refs/main"))]
+    assert broken != ref
+    # A second run makes one request per repository (the revision) and downloads nothing.
+    hub.log.clear()
+    r = dry_run(qtrain_bin, env_for(hub, ours), tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(m for m, p, _ in hub.log) == ["GET", "GET"], hub.log
+    assert all("/api/" in p for _, p, _ in hub.log)
+
+
+def test_sharded_model_index_and_shards_only(qtrain_bin, hub, tmp_path):
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    r = qtrain(qtrain_bin, env_for(hub, ours), "inspect", "tiny-org/sharded")
+    assert r.returncode == 0, r.stderr
+    assert "shards       2" in r.stdout
+    hf_snapshot(hub, theirs, "tiny-org/sharded", ignore_patterns=["*.bin"])
+    assert cache_tree(ours) == cache_tree(theirs)
+    assert not any(k.endswith(".bin") for k in cache_tree(ours))
+
+
+def test_offline_trains_from_a_cache_huggingface_hub_filled(qtrain_bin, hub, tmp_path):
+    cache = tmp_path / "cache"
+    hf_snapshot(hub, cache, MODEL)
+    hf_snapshot(hub, cache, DATASET, "dataset", allow_patterns=[TRAIN_FILE])
+    hub.log.clear()
+    dead = "http://127.0.0.1:9"  # offline means no request at all: a dead endpoint proves it
+    args = [RECIPE, "--set", f"output_dir={tmp_path / 'run'}"]
+    for s in SMALL:
+        args += ["--set", s]
+    r = qtrain(qtrain_bin, {**env_for(hub, cache), "HF_ENDPOINT": dead, "HF_HUB_OFFLINE": "1"}, *args)
+    assert r.returncode == 0, r.stderr
+    assert hub.log == []
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert f"# from the Hub: \"{MODEL}\"" in config and str(cache) in config
+    # Resuming on "another machine" (a cache elsewhere, the same ids) keeps the recipe hash: it continues.
+    other = tmp_path / "other-cache"
+    hf_snapshot(hub, other, MODEL)
+    hf_snapshot(hub, other, DATASET, "dataset", allow_patterns=[TRAIN_FILE])
+    more = [str(a).replace("training.max_steps=2", "training.max_steps=3") for a in args] + ["--resume"]
+    r = qtrain(qtrain_bin, {**env_for(hub, other), "HF_ENDPOINT": dead, "HF_HUB_OFFLINE": "1"}, *more)
+    assert r.returncode == 0, r.stderr
+    assert "different recipe" not in r.stderr
+
+
+def test_offline_names_what_the_cache_lacks(qtrain_bin, hub, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**env_for(hub, cache), "HF_HUB_OFFLINE": "1"}
+    r = dry_run(qtrain_bin, env, tmp_path)
+    assert r.returncode == 1 and "HF_HUB_OFFLINE" in r.stderr and "refs/main" in r.stderr, r.stderr
+    hf_snapshot(hub, cache, MODEL)
+    snap = next((cache / "models--huggyllama--llama-7b" / "snapshots").iterdir())
+    (snap / "model.safetensors").resolve().unlink()  # the link dangles: the blob is gone
+    r = dry_run(qtrain_bin, env, tmp_path)
+    assert r.returncode == 1 and "lacks 'model.safetensors'" in r.stderr, r.stderr
+
+
+def test_transformers_loads_the_cache_qtrain_filled(qtrain_bin, hub, tiny_model, tmp_path):
+    cache = tmp_path / "cache"
+    r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", MODEL)
+    assert r.returncode == 0, r.stderr
+    code = f"""
+import torch, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+m = AutoModelForCausalLM.from_pretrained({MODEL!r}, cache_dir=sys.argv[1], torch_dtype=torch.float32)
+ref = AutoModelForCausalLM.from_pretrained(sys.argv[2], torch_dtype=torch.float32)
+tok = AutoTokenizer.from_pretrained({MODEL!r}, cache_dir=sys.argv[1])
+ids = tok("Hello world", return_tensors="pt").input_ids
+assert torch.equal(m(ids).logits, ref(ids).logits)
+print("ok", ids.shape[1])
+"""
+    env = {**env_for(hub, cache), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    p = subprocess.run([sys.executable, "-c", code, str(cache), str(tiny_model)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr[-3000:]
+
+
+def test_dropped_connection_resumes_in_the_same_run(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    hub.drop[sha] = [1, 300_000]
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL)
+    hub.drop.pop(sha, None)
+    assert r.returncode == 0, r.stderr
+    assert "connection lost in model.safetensors" in r.stderr
+    ranges = [rng for m, p, rng in hub.log if m == "GET" and p == f"/cdn/{sha}"]
+    assert ranges[0] is None and ranges[1] is not None and int(ranges[1][6:-1]) >= 300_000, ranges
+    blob = tmp_path / "cache" / "models--huggyllama--llama-7b" / "blobs" / sha
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+
+def test_interrupted_download_is_kept_and_the_next_run_resumes(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    cache = tmp_path / "cache"
+    part = cache / "models--huggyllama--llama-7b" / "blobs" / f"{sha}.incomplete"
+    hub.drop[sha] = [1, 400_000]
+    r = qtrain(qtrain_bin, env_for(hub, cache, QTRAIN_HUB_DOWNLOAD_ATTEMPTS=1), "inspect", MODEL)
+    hub.drop.pop(sha, None)
+    assert r.returncode == 1, r.stderr
+    assert "model.safetensors" in r.stderr and str(part) in r.stderr and "resumes" in r.stderr, r.stderr
+    assert part.stat().st_size == 400_000
+    assert not (part.parent / sha).exists()
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert [rng for m, p, rng in hub.log if p == f"/cdn/{sha}" and m == "GET"] == ["bytes=400000-"]
+    assert not part.exists()
+    assert hashlib.sha256((part.parent / sha).read_bytes()).hexdigest() == sha
+
+
+def test_two_concurrent_processes_make_one_intact_blob(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    cache = tmp_path / "cache"
+    hub.throttle_s = 0.03  # ~0.5 s per download of the model, so the two overlap
+    hub.log.clear()
+    try:
+        env = env_for(hub, cache)
+        procs = [subprocess.Popen([str(qtrain_bin), "inspect", MODEL], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        hub.throttle_s = 0.0
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    # One process downloaded, the other waited on the blob's lock and found it complete.
+    assert sum(1 for m, p, _ in hub.log if m == "GET" and p == f"/cdn/{sha}") == 1, hub.log
+    assert any("waiting: another process is downloading model.safetensors" in err for _, err in outs), outs
+    blobs = cache / "models--huggyllama--llama-7b" / "blobs"
+    assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha
+    assert not list(blobs.glob("*.incomplete"))
+
+
+def test_corrupt_bytes_are_refused(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    good = hub.blobs[sha]
+    hub.blobs[sha] = good[:-1] + bytes([good[-1] ^ 1])  # same size, one bit off
+    try:
+        r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL)
+    finally:
+        hub.blobs[sha] = good
+    assert r.returncode == 1 and "does not match the Hub's " + sha in r.stderr, r.stderr
+    assert not (tmp_path / "cache" / "models--huggyllama--llama-7b" / "blobs" / sha).exists()
+
+
+def test_gated_repo_needs_a_token(qtrain_bin, hub, tmp_path):
+    cache = tmp_path / "cache"
+    r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", "gated-org/tiny")
+    assert r.returncode == 2, r.stderr
+    assert "gated or private" in r.stderr and "huggingface-cli login" in r.stderr and "HF_TOKEN" in r.stderr, r.stderr
+    r = qtrain(qtrain_bin, env_for(hub, cache, HF_TOKEN="hf_wrong"), "inspect", "gated-org/tiny")
+    assert r.returncode == 2 and "the token from HF_TOKEN was refused" in r.stderr, r.stderr
+    assert qtrain(qtrain_bin, env_for(hub, cache, HF_TOKEN=TOKEN), "inspect", "gated-org/tiny").returncode == 0
+    # The token file `huggingface-cli login` writes ($HF_HOME/token) works the same.
+    cache2 = tmp_path / "cache2"
+    env = env_for(hub, cache2)
+    Path(env["HF_HOME"]).mkdir(parents=True, exist_ok=True)
+    (Path(env["HF_HOME"]) / "token").write_text(TOKEN + "\n")
+    r = qtrain(qtrain_bin, env, "inspect", "gated-org/tiny")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("model,file,needle", [
+    ("nobody/missing", None, "model repository 'nobody/missing' not found"),
+    (f"{MODEL}@no-such-branch", None, "has no revision 'no-such-branch'"),
+    (MODEL, f"hf://datasets/{DATASET}/missing.jsonl", "has no file 'missing.jsonl'"),
+])
+def test_not_found_names_repo_revision_and_file(qtrain_bin, hub, tmp_path, model, file, needle):
+    sets = [f"model.path={model}"] + ([f"data.files=[{file}]"] if file else [])
+    r = dry_run(qtrain_bin, env_for(hub, tmp_path / "cache"), tmp_path, *sets)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "HTTP 404" in r.stderr and "guanaco.yaml" in r.stderr, r.stderr
+
+
+def test_unreachable_hub_is_a_clear_failure(qtrain_bin, hub, tmp_path):
+    env = {**env_for(hub, tmp_path / "cache"), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = qtrain(qtrain_bin, env, "inspect", MODEL)
+    assert r.returncode == 1 and "cannot reach http://127.0.0.1:9" in r.stderr, r.stderr
+
+
+def test_dataset_repo_id_takes_its_train_files(qtrain_bin, hub, tmp_path):
+    # A bare dataset id: every data file of a supported format, here only the train split by name.
+    r = dry_run(qtrain_bin, env_for(hub, tmp_path / "cache"), tmp_path, f"data.files=[{DATASET}]")
+    assert r.returncode == 0, r.stderr
+    assert "64 records" in r.stderr, r.stderr
+
+
+def test_local_paths_are_never_hub_ids(qtrain_bin, hub, tiny_model, tmp_path):
+    # An existing org/name-shaped directory wins over the Hub; the fake Hub sees no request.
+    (tmp_path / "huggyllama").mkdir()
+    os.symlink(tiny_model, tmp_path / "huggyllama" / "llama-7b")
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert hub.log == []

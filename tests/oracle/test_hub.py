@@ -64,7 +64,9 @@ def hub(tiny_model, shared_data, tmp_path_factory):
 def env_for(hub, cache, **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
     env.update(HF_HUB_CACHE=str(cache), HF_ENDPOINT=hub.url, HF_HOME=str(Path(cache).parent / "hf_home"),
-               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1")
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1",
+               # A CI proxy (libcurl and httpx both read these) must not see loopback requests.
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -243,7 +245,7 @@ def test_interrupted_download_is_kept_and_the_next_run_resumes(qtrain_bin, hub, 
 def test_two_concurrent_processes_make_one_intact_blob(qtrain_bin, hub, tmp_path):
     sha = blob_sha(hub, MODEL, "model.safetensors")
     cache = tmp_path / "cache"
-    hub.throttle_s = 0.03  # ~0.5 s per download of the model, so the two overlap
+    hub.throttle_s = 0.15  # ~2.5 s per download of the model: the two overlap even if one starts late
     hub.log.clear()
     try:
         env = env_for(hub, cache)

@@ -91,10 +91,23 @@ QuantState quantize_cpu(const at::Tensor& w, const QuantParams& p) {
   return s;
 }
 
-at::Tensor dequantize_cpu(const QuantState& s, at::ScalarType out_dtype) {
-  const at::Tensor absmax = dequantize_absmax(s).contiguous();
+// The fp32 scales [nblocks] on the CPU: one fused loop for double quant (the tensor-op chain of
+// dequantize_absmax costs an index, a repeat_interleave and two passes: ~a third of the whole dequantize).
+at::Tensor absmax_cpu(const QuantState& s) {
+  if (!s.double_quant()) return s.absmax.contiguous();
+  const at::Tensor q = s.absmax.contiguous();
+  const at::Tensor a2 = s.nested_absmax.contiguous();
+  const at::Tensor dyn = s.nested_quant_map.contiguous();
+  at::Tensor absmax = at::empty({q.numel()}, at::kFloat);
+  nf4_cpu::decode_nested_absmax(q.data_ptr<uint8_t>(), q.numel(), a2.data_ptr<float>(), dyn.data_ptr<float>(),
+                                s.nested_offset, absmax.data_ptr<float>());
+  return absmax;
+}
+
+void dequantize_cpu_into(const QuantState& s, at::Tensor& out) {
+  const at::ScalarType out_dtype = out.scalar_type();
+  const at::Tensor absmax = absmax_cpu(s);
   const at::Tensor packed = s.packed.contiguous();
-  at::Tensor out = at::empty(s.shape, at::TensorOptions().dtype(out_dtype));
   const int64_t n = s.numel();
   switch (out_dtype) {
     case at::kFloat:
@@ -112,6 +125,11 @@ at::Tensor dequantize_cpu(const QuantState& s, at::ScalarType out_dtype) {
     default:
       TORCH_CHECK(false, "dequantize_4bit: out_dtype must be float32, bfloat16 or float16, found ", out_dtype);
   }
+}
+
+at::Tensor dequantize_cpu(const QuantState& s, at::ScalarType out_dtype) {
+  at::Tensor out = at::empty(s.shape, at::TensorOptions().dtype(out_dtype));
+  dequantize_cpu_into(s, out);
   return out;
 }
 
@@ -210,6 +228,22 @@ at::Tensor dequantize_4bit(const QuantState& state, at::ScalarType out_dtype) {
 #endif
   TORCH_CHECK(false, "dequantize_4bit: state must be on the CPU or a CUDA device (in a CUDA build), found ",
               state.device());
+}
+
+void dequantize_4bit_out(const QuantState& state, at::Tensor& out) {
+  check_quant_state(state);
+  TORCH_CHECK(out.defined() && is_float_dtype(out.scalar_type()),
+              "dequantize_4bit_out: out must be float32, bfloat16 or float16, found ",
+              out.defined() ? toString(out.scalar_type()) : "undefined");
+  TORCH_CHECK(out.is_contiguous() && out.numel() == state.numel(), "dequantize_4bit_out: out must be contiguous with ",
+              state.numel(), " elements, found ", out.numel(), out.is_contiguous() ? "" : " (not contiguous)");
+  TORCH_CHECK(out.device() == state.device(), "dequantize_4bit_out: out is on ", out.device(), " but the state on ",
+              state.device());
+  if (state.device().is_cpu()) {
+    dequantize_cpu_into(state, out);
+  } else {
+    out.view(state.shape).copy_(dequantize_4bit(state, out.scalar_type()));  // CUDA: the kernel's own output
+  }
 }
 
 at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_dtype) {

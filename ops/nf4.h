@@ -57,6 +57,11 @@ QuantState quantize_4bit(const at::Tensor& w, const QuantParams& params = {});
 // Dequantize to `out_dtype` (bf16/fp16/fp32) with the original shape, on the state's device.
 at::Tensor dequantize_4bit(const QuantState& state, at::ScalarType out_dtype);
 
+// Same, into `out` (contiguous, state.numel() elements of bf16/fp16/fp32, on the state's device): a caller
+// that dequantizes repeatedly reuses one buffer instead of page-faulting a fresh one each time (on the CPU a
+// fresh 32 MiB output costs ~4x the decode itself: glibc maps and unmaps it per call).
+void dequantize_4bit_out(const QuantState& state, at::Tensor& out);
+
 // Pure-libtorch dequantize (tensor ops only, any device): the independent path the kernels are compared with.
 at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_dtype);
 
@@ -92,9 +97,27 @@ void quantize_nested_reference(const float* absmax, int64_t nblocks, float offse
 template <typename T>
 void dequantize_reference(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize,
                           QuantType type, T* out);
+// The fast path: a 16-entry table per block, expanded with SIMD permutes on the best ISA this CPU has
+// (best_cpu_isa()); bit-exact with the reference. nf4_cpu_simd.cpp.
 template <typename T>
 void dequantize_fast(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, QuantType type,
                      T* out);
+
+// Instruction sets of the fast path. kScalar runs everywhere; the others need the CPU feature (checked at
+// run time: an unsupported choice throws). QTRAIN_CPU_ISA=scalar|avx2|avx512 caps best_cpu_isa().
+enum class CpuIsa { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* cpu_isa_name(CpuIsa isa);
+bool cpu_isa_supported(CpuIsa isa);
+CpuIsa best_cpu_isa();
+// dequantize_fast on a named ISA (tests compare every supported one with the reference).
+template <typename T>
+void dequantize_isa(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, QuantType type,
+                    CpuIsa isa, T* out);
+
+// Double-quantized scales decoded: absmax[b] = dyn_map[q[b]] * nested_absmax[b / 256] + offset, two float32
+// roundings (equal to dequantize_absmax's tensor ops). q [nblocks] uint8; nested_absmax [ceil(nblocks/256)].
+void decode_nested_absmax(const uint8_t* q, int64_t nblocks, const float* nested_absmax, const float* dyn_map,
+                          float offset, float* absmax);
 
 }  // namespace nf4_cpu
 

@@ -156,36 +156,10 @@ void quantize_fast(const float* x, int64_t n, int64_t blocksize, QuantType type,
   });
 }
 
-template <typename T>
-void dequantize_fast(const uint8_t* packed, const float* absmax, int64_t n, int64_t blocksize, QuantType type,
-                     T* out) {
-  const m::CodeTables tables;
-  const float* lut = code_values(type, tables);
-  const int64_t nblocks = (n + blocksize - 1) / blocksize;
-  const int64_t grain = std::max<int64_t>(1, 32768 / blocksize);
-  at::parallel_for(0, nblocks, grain, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      // A block has one scale, so its 16 possible outputs (already rounded to T) are a table: the same
-      // float32 products and the same casts as the reference, done 16 times per block instead of per element.
-      std::array<T, 16> value{};
-      for (int c = 0; c < 16; ++c) value[c] = from_float<T>(m::dequant_value(lut[c], absmax[b]));
-      const int64_t begin = b * blocksize;
-      const int64_t len = std::min(n - begin, blocksize);
-      const uint8_t* pb = packed + begin / 2;
-      T* ob = out + begin;
-      const int64_t pairs = len / 2;
-      for (int64_t j = 0; j < pairs; ++j) {
-        ob[2 * j] = value[pb[j] >> 4];
-        ob[2 * j + 1] = value[pb[j] & 0x0F];
-      }
-      if (len % 2 != 0) ob[len - 1] = value[pb[pairs] >> 4];
-    }
-  });
-}
+// dequantize_fast (table per block, vectorised expansion, ISA chosen at run time) is in nf4_cpu_simd.cpp.
 
 #define QTRAIN_NF4_INSTANTIATE(T)                                                                          \
-  template void dequantize_reference<T>(const uint8_t*, const float*, int64_t, int64_t, QuantType, T*);  \
-  template void dequantize_fast<T>(const uint8_t*, const float*, int64_t, int64_t, QuantType, T*);
+  template void dequantize_reference<T>(const uint8_t*, const float*, int64_t, int64_t, QuantType, T*);
 QTRAIN_NF4_INSTANTIATE(float)
 QTRAIN_NF4_INSTANTIATE(c10::BFloat16)
 QTRAIN_NF4_INSTANTIATE(c10::Half)

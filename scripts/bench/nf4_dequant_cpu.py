@@ -3,8 +3,13 @@
 Run (after building nf4_tool):
     . scripts/env.sh && $QTRAIN_VENV/bin/python scripts/bench/nf4_dequant_cpu.py build-nf4/tests/nf4_tool
 Throughput counts bytes moved: packed codes + 8-bit scales read, bf16/fp32 output written. Best of N runs.
+Two modes, each side the same: "fresh" allocates the output per call (bnb's default, qtrain's
+dequantize_4bit), "reused" writes into one preallocated output (bnb's out=, qtrain's dequantize_4bit_out).
+On the CPU a fresh output of tens of MiB is page-faulted in on every call, which costs more than the decode.
+QTRAIN_CPU_ISA=scalar|avx2 in the environment caps qtrain's instruction set (default: the best the CPU has).
 """
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -18,16 +23,16 @@ import bitsandbytes.functional as F
 REPS = 10
 
 
-def bench_bnb(packed, st, reps):
+def bench_bnb(packed, st, reps, out=None):
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        F.dequantize_4bit(packed, st)
+        F.dequantize_4bit(packed, st, out=out)
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def bench_qtrain(tool, packed, st, shape, out_dtype, reps):
+def bench_qtrain(tool, packed, st, shape, out_dtype, reps, reuse=False):
     with tempfile.TemporaryDirectory() as d:
         tmp = pathlib.Path(d)
         packed.reshape(-1).numpy().tofile(tmp / "packed.bin")
@@ -39,7 +44,7 @@ def bench_qtrain(tool, packed, st, shape, out_dtype, reps):
         name = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}[out_dtype]
         (tmp / "manifest.txt").write_text(
             f"dtype {name}\nshape {' '.join(map(str, shape))}\ntype nf4\nblocksize 64\ndouble_quant 1\n"
-            f"out_dtype {name}\nreps {reps}\n"
+            f"out_dtype {name}\nreps {reps}\nreuse_out {int(reuse)}\n"
         )
         out = subprocess.run([tool, "bench", str(tmp)], capture_output=True, text=True, check=True)
         return float(out.stdout.strip())
@@ -47,18 +52,21 @@ def bench_qtrain(tool, packed, st, shape, out_dtype, reps):
 
 def main():
     tool = sys.argv[1] if len(sys.argv) > 1 else "build-nf4/tests/nf4_tool"
-    print(f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}, threads {torch.get_num_threads()}")
-    print(f"{'shape':>14} {'dtype':>9} {'qtrain GB/s':>12} {'bnb GB/s':>9} {'ratio':>6}")
+    print(f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}, threads {torch.get_num_threads()}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    print(f"{'shape':>14} {'dtype':>9} {'output':>7} {'qtrain GB/s':>12} {'bnb GB/s':>9} {'ratio':>6}")
     for shape in [(4096, 4096), (11008, 4096), (1024, 1024)]:
         for out_dtype in [torch.bfloat16, torch.float32]:
             w = torch.randn(shape).to(out_dtype)
             packed, st = F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
             n = w.numel()
             moved = n / 2 + n / 64 + n * w.element_size()
-            t_bnb = bench_bnb(packed, st, REPS)
-            t_q = bench_qtrain(tool, packed, st, shape, out_dtype, REPS)
-            print(f"{str(shape):>14} {str(out_dtype)[6:]:>9} {moved / t_q / 1e9:12.2f} {moved / t_bnb / 1e9:9.2f} "
-                  f"{t_bnb / t_q:6.2f}x")
+            for reuse in (False, True):
+                out = torch.empty(shape, dtype=out_dtype) if reuse else None
+                t_bnb = bench_bnb(packed, st, REPS, out)
+                t_q = bench_qtrain(tool, packed, st, shape, out_dtype, REPS, reuse)
+                print(f"{str(shape):>14} {str(out_dtype)[6:]:>9} {'reused' if reuse else 'fresh':>7} "
+                      f"{moved / t_q / 1e9:12.2f} {moved / t_bnb / 1e9:9.2f} {t_bnb / t_q:6.2f}x")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,33 @@ int main(int argc, char** argv) {
       std::printf("%-14s %-5s %10.1f %10.1f %12.1f %12.1f %7.2fx\n",
                   (std::to_string(shape[0]) + "x" + std::to_string(shape[1])).c_str(), out_t == at::kFloat ? "fp32" : "bf16",
                   t_deq * 1e6, t_copy * 1e6, deq_gbs, copy_gbs, deq_gbs / copy_gbs);
+      if (dev.is_cpu()) {
+        // Where the CPU time goes: the nested-scale decode, and the 4-bit kernel per instruction set writing
+        // into a preallocated output (no page faults of a fresh allocation), against the same copy.
+        namespace cpu = qtrain::ops::nf4_cpu;
+        at::Tensor scales = at::empty({s.absmax.numel()}, at::kFloat);
+        const double t_scales = best_seconds(dev, reps, [&] {
+          cpu::decode_nested_absmax(s.absmax.data_ptr<uint8_t>(), s.absmax.numel(), s.nested_absmax.data_ptr<float>(),
+                                    s.nested_quant_map.data_ptr<float>(), s.nested_offset, scales.data_ptr<float>());
+        });
+        std::printf("    scales decode %.1f us;", t_scales * 1e6);
+        for (const cpu::CpuIsa isa : {cpu::CpuIsa::kScalar, cpu::CpuIsa::kAvx2, cpu::CpuIsa::kAvx512}) {
+          if (!cpu::cpu_isa_supported(isa)) continue;
+          const double t = best_seconds(dev, reps, [&] {
+            if (out_t == at::kFloat) {
+              cpu::dequantize_isa(s.packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), w.numel(), s.blocksize,
+                                  s.type, isa, dst.data_ptr<float>());
+            } else {
+              cpu::dequantize_isa(s.packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), w.numel(), s.blocksize,
+                                  s.type, isa, dst.data_ptr<c10::BFloat16>());
+            }
+          });
+          const double gbs = deq_bytes / t / 1e9;
+          std::printf(" %s kernel %.1f us %.1f GB/s (%.2fx copy);", cpu::cpu_isa_name(isa), t * 1e6, gbs,
+                      gbs / copy_gbs);
+        }
+        std::printf("\n");
+      }
     }
   }
   return 0;

@@ -8,6 +8,7 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -98,35 +99,101 @@ TEST(Nf4Cpu, FastQuantizeEqualsReference) {
   }
 }
 
+// Scales for the dequantize tests: a wide log-uniform spread, plus every special case a cast must get right
+// (bfloat16/float16 subnormals and overflow, zero, NaN, inf) in some blocks.
+std::vector<float> make_scales(int64_t nb, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-30.0f, 30.0f);
+  std::vector<float> absmax(nb);
+  for (auto& a : absmax) a = std::pow(10.0f, u(rng) / 3.0f);
+  const float specials[] = {0.0f, 1e-39f, 3e-41f, 6e-8f, 3e-5f, 65504.0f, 70000.0f, 3.0e38f,
+                            std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  for (int64_t b = 0; b < nb; ++b) {
+    if (rng() % 4 == 0) absmax[b] = specials[rng() % (sizeof(specials) / sizeof(float))];
+  }
+  return absmax;
+}
+
+// `out` poisoned, then filled on `isa`; every element (as bits) equal to the scalar reference.
 template <typename T>
-void expect_fast_dequant_equals_reference(QuantType type, int64_t bs, int64_t n, uint32_t seed) {
+void expect_isa_dequant_equals_reference(cpu::CpuIsa isa, QuantType type, int64_t bs, int64_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::vector<uint8_t> packed((n + 1) / 2);
   for (auto& b : packed) b = static_cast<uint8_t>(rng() & 0xFF);  // every byte value, not only quantizer output
   const int64_t nb = (n + bs - 1) / bs;
-  std::vector<float> absmax(nb);
-  std::uniform_real_distribution<float> u(-30.0f, 30.0f);
-  for (auto& a : absmax) a = std::pow(10.0f, u(rng) / 3.0f);
+  const std::vector<float> absmax = make_scales(nb, rng);
   std::vector<T> ref(n), fast(n);
+  std::memset(static_cast<void*>(fast.data()), 0xA5, n * sizeof(T));
   cpu::dequantize_reference(packed.data(), absmax.data(), n, bs, type, ref.data());
-  cpu::dequantize_fast(packed.data(), absmax.data(), n, bs, type, fast.data());
+  cpu::dequantize_isa(packed.data(), absmax.data(), n, bs, type, isa, fast.data());
   for (int64_t i = 0; i < n; ++i) {
-    ASSERT_EQ(std::memcmp(&ref[i], &fast[i], sizeof(T)), 0) << "element " << i << " n=" << n << " bs=" << bs
-                                                             << " seed " << seed;
+    ASSERT_EQ(std::memcmp(&ref[i], &fast[i], sizeof(T)), 0)
+        << cpu::cpu_isa_name(isa) << " element " << i << " n=" << n << " bs=" << bs << " scale "
+        << absmax[i / bs] << " seed " << seed;
   }
 }
 
+// Every ISA this CPU runs (scalar always; AVX2, AVX-512BW where present) equals the reference bit for bit, for
+// every output dtype, both code tables and every blocksize, on sizes that are not multiples of the vector
+// width or of the block (odd block counts, a partial last block, an odd element count).
 TEST(Nf4Cpu, FastDequantizeEqualsReference) {
-  uint32_t seed = std::random_device{}();
-  SCOPED_TRACE("base seed " + std::to_string(seed));
-  for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
-    for (const int64_t bs : kBlocksizes) {
-      for (const int64_t n : kSizes) {
-        expect_fast_dequant_equals_reference<float>(type, bs, n, ++seed);
-        expect_fast_dequant_equals_reference<c10::BFloat16>(type, bs, n, ++seed);
-        expect_fast_dequant_equals_reference<c10::Half>(type, bs, n, ++seed);
+  const uint32_t base_seed = std::random_device{}();
+  std::printf("[ seed ] Nf4Cpu.FastDequantizeEqualsReference base seed %u\n", base_seed);
+  SCOPED_TRACE("base seed " + std::to_string(base_seed));
+  std::vector<int64_t> sizes = kSizes;
+  for (const int64_t extra : {64 * 3 + 17, 64 * 5, 4096 * 3 + 31, 100003}) sizes.push_back(extra);
+  int tested = 0;
+  for (const cpu::CpuIsa isa : {cpu::CpuIsa::kScalar, cpu::CpuIsa::kAvx2, cpu::CpuIsa::kAvx512}) {
+    if (!cpu::cpu_isa_supported(isa)) {
+      std::printf("[ skip ] %s: not supported by this CPU\n", cpu::cpu_isa_name(isa));
+      continue;
+    }
+    ++tested;
+    uint32_t seed = base_seed;
+    for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
+      for (const int64_t bs : kBlocksizes) {
+        for (const int64_t n : sizes) {
+          expect_isa_dequant_equals_reference<float>(isa, type, bs, n, ++seed);
+          expect_isa_dequant_equals_reference<c10::BFloat16>(isa, type, bs, n, ++seed);
+          expect_isa_dequant_equals_reference<c10::Half>(isa, type, bs, n, ++seed);
+        }
       }
     }
+  }
+  std::printf("[ isa  ] %d instruction sets compared; best here: %s\n", tested,
+              cpu::cpu_isa_name(cpu::best_cpu_isa()));
+  EXPECT_GE(tested, 1);
+}
+
+// Negative control for the comparison above: a fast output that differs from the reference in one element
+// by one unit in the last place is caught.
+TEST(Nf4Cpu, NegativeControlOneUlpDequantDifferenceIsDetected) {
+  const int64_t n = 4097, bs = 64;
+  std::mt19937 rng(12345);
+  std::vector<uint8_t> packed((n + 1) / 2);
+  for (auto& b : packed) b = static_cast<uint8_t>(rng() & 0xFF);
+  std::vector<float> absmax((n + bs - 1) / bs, 0.37f);
+  std::vector<c10::BFloat16> ref(n), fast(n);
+  cpu::dequantize_reference(packed.data(), absmax.data(), n, bs, QuantType::kNF4, ref.data());
+  cpu::dequantize_fast(packed.data(), absmax.data(), n, bs, QuantType::kNF4, fast.data());
+  ASSERT_EQ(std::memcmp(ref.data(), fast.data(), n * sizeof(c10::BFloat16)), 0);
+  fast[4000].x ^= 1;
+  EXPECT_NE(std::memcmp(ref.data(), fast.data(), n * sizeof(c10::BFloat16)), 0);
+}
+
+// The fused nested-scale decode equals dequantize_absmax's tensor ops (the spec of bnb's two roundings).
+TEST(Nf4Cpu, NestedAbsmaxDecodeEqualsTensorOps) {
+  const uint64_t seed = std::random_device{}();
+  std::printf("[ seed ] Nf4Cpu.NestedAbsmaxDecodeEqualsTensorOps seed %llu\n", static_cast<unsigned long long>(seed));
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
+  for (const int64_t numel : {64 * 255 + 3, 64 * 256, 64 * 257, 64 * 1000 + 1}) {
+    const at::Tensor w = at::randn({numel}) * (at::rand({numel}) + 0.01);
+    const QuantState s = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kNF4, 64, true});
+    const at::Tensor expect = qtrain::ops::dequantize_absmax(s);
+    at::Tensor got = at::empty_like(expect);
+    cpu::decode_nested_absmax(s.absmax.data_ptr<uint8_t>(), s.absmax.numel(), s.nested_absmax.data_ptr<float>(),
+                              s.nested_quant_map.data_ptr<float>(), s.nested_offset, got.data_ptr<float>());
+    ASSERT_TRUE(at::equal(expect, got)) << "numel " << numel;
   }
 }
 
@@ -148,6 +215,30 @@ TEST(Nf4Cpu, TensorDequantizeEqualsLibtorchFallback) {
         }
       }
     }
+  }
+}
+
+// dequantize_4bit_out writes what dequantize_4bit returns, into a reused (poisoned) buffer; wrong buffers throw.
+TEST(Nf4Cpu, DequantizeOutEqualsDequantize) {
+  const uint64_t seed = std::random_device{}();
+  std::printf("[ seed ] Nf4Cpu.DequantizeOutEqualsDequantize seed %llu\n", static_cast<unsigned long long>(seed));
+  at::manual_seed(seed);
+  for (const bool dq : {true, false}) {
+    const at::Tensor w = at::randn({37, 129});
+    const QuantState s = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kFP4, 64, dq});
+    for (const at::ScalarType t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      at::Tensor out = at::full({37 * 129}, std::numeric_limits<float>::quiet_NaN(), t);
+      for (int rep = 0; rep < 2; ++rep) {
+        qtrain::ops::dequantize_4bit_out(s, out);
+        ASSERT_TRUE(at::equal(out.view({37, 129}), qtrain::ops::dequantize_4bit(s, t))) << "dq=" << dq << " " << t;
+      }
+    }
+    at::Tensor small = at::empty({10});
+    EXPECT_THROW(qtrain::ops::dequantize_4bit_out(s, small), c10::Error);
+    at::Tensor strided = at::empty({129, 37}).t();
+    EXPECT_THROW(qtrain::ops::dequantize_4bit_out(s, strided), c10::Error);
+    at::Tensor ints = at::empty({37, 129}, at::kInt);
+    EXPECT_THROW(qtrain::ops::dequantize_4bit_out(s, ints), c10::Error);
   }
 }
 

@@ -130,10 +130,15 @@ int run(const std::string& verb, const fs::path& dir) {
   if (verb == "bench") {
     const QuantState s = read_state(dir, j);
     const int reps = std::stoi(need(read_manifest(dir), "reps"));
+    // "reuse_out 1": dequantize into one preallocated output (dequantize_4bit_out), the peer of bnb's out=.
+    const std::map<std::string, std::string> manifest = read_manifest(dir);
+    const bool reuse = manifest.count("reuse_out") != 0 && manifest.at("reuse_out") == "1";
+    at::Tensor reused = at::empty(s.shape, at::TensorOptions().dtype(j.out_dtype));
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
       const auto t0 = std::chrono::steady_clock::now();
-      const at::Tensor out = qtrain::ops::dequantize_4bit(s, j.out_dtype);
+      const at::Tensor out = reuse ? (qtrain::ops::dequantize_4bit_out(s, reused), reused)
+                                   : qtrain::ops::dequantize_4bit(s, j.out_dtype);
       const auto t1 = std::chrono::steady_clock::now();
       best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
     }

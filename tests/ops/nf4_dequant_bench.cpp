@@ -79,7 +79,9 @@ int main(int argc, char** argv) {
           cpu::decode_nested_absmax(s.absmax.data_ptr<uint8_t>(), s.absmax.numel(), s.nested_absmax.data_ptr<float>(),
                                     s.nested_quant_map.data_ptr<float>(), s.nested_offset, scales.data_ptr<float>());
         });
-        std::printf("    scales decode %.1f us;", t_scales * 1e6);
+        const double t_out = best_seconds(dev, reps, [&] { qtrain::ops::dequantize_4bit_out(s, dst); });
+        std::printf("    dequantize_4bit_out (reused output) %.1f us %.1f GB/s (%.2fx copy); scales decode %.1f us;",
+                    t_out * 1e6, deq_bytes / t_out / 1e9, deq_bytes / t_out / 1e9 / copy_gbs, t_scales * 1e6);
         for (const cpu::CpuIsa isa : {cpu::CpuIsa::kScalar, cpu::CpuIsa::kAvx2, cpu::CpuIsa::kAvx512}) {
           if (!cpu::cpu_isa_supported(isa)) continue;
           const double t = best_seconds(dev, reps, [&] {

@@ -45,7 +45,7 @@ struct InputStats {
 };
 
 // Σ over the counted positions of (a - b)², the difference in the compute dtype, the sum in fp32
-// (AutoAWQ _compute_loss). a, b [1, len, d]; counted [len] bool.
+// (AutoAWQ _compute_loss). a, b [batch, len, d]; counted [batch·len] bool.
 double squared_error(const at::Tensor& a, const at::Tensor& b, const at::Tensor& counted) {
   const at::Tensor d = (a - b).reshape({-1, a.size(-1)}).index({counted});
   return d.to(at::kFloat).pow(2).sum().item<double>();
@@ -129,7 +129,7 @@ TimedLayer quantize_layer(LlamaModel& model, int64_t li, const std::vector<at::T
   int64_t offset = 0;
   for (std::size_t k = 0; k < hs.size(); ++k) {
     const at::Tensor& idx = counted[k];
-    inputs.push_back(model.layer_inputs(1, hs[k].size(1)));
+    inputs.push_back(model.layer_inputs(hs[k].size(0), hs[k].size(1)));
     RunContext ctx;
     ctx.on_linear_input = [&](const Linear& l, const at::Tensor& x) {
       const at::Tensor xc = x.reshape({-1, x.size(-1)}).index({idx});  // [counted, in]
@@ -257,10 +257,13 @@ QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib
   if (s.bits != 4) throw UsageError("AWQ: only 4-bit quantization is supported (GEMM packing), found " + std::to_string(s.bits));
   QuantizedModel out;
   const at::Device dev = model.device();
-  std::vector<at::Tensor> hs;  // the activations entering the current layer: [1, len, hidden] each
-  for (const auto& ids : calib.ids) hs.push_back(model.embed(ids));
-  std::vector<at::Tensor> counted;
-  for (const auto& c : calib.counts) counted.push_back(c.to(dev));
+  // The activations entering the current layer, in batches of equal-length sequences: hs[c]
+  // [batch, len, hidden] in the model dtype, counted[c] [batch·len] bool, on the device.
+  std::vector<at::Tensor> hs, counted;
+  for (const CalibrationBatch& b : equal_length_batches(calib)) {
+    hs.push_back(model.embed(b.ids));
+    counted.push_back(b.counted.to(dev));
+  }
 
   ProgressLine progress(console, "AWQ: searching scales and quantizing", model.num_layers(), "layers");
   for (int64_t i = 0; i < model.num_layers(); ++i) {
@@ -286,7 +289,7 @@ QuantizedModel awq_quantize_model(LlamaModel& model, const CalibrationSet& calib
     if (searches) searches->insert(searches->end(), t.r.searches.begin(), t.r.searches.end());
     // The next layer's inputs: this layer's outputs with every linear quantized.
     const auto t0 = Clock::now();
-    for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(1, h.size(1)));
+    for (auto& h : hs) h = model.run_layer(i, h, model.layer_inputs(h.size(0), h.size(1)));
     out.calibrate_seconds += seconds_since(t0);
     progress.update(i + 1);
   }

@@ -62,8 +62,10 @@ struct AwqLayerResult {
 };
 
 // AWQ of decoder layer `i` in place, on the calibration activations `hs` entering it (each
-// [1, len, hidden] on the model's device, model dtype) and `counted` (each [len] bool on the device:
-// the positions whose activations enter the statistics and the losses; the others are context only).
+// [batch, len, hidden] on the model's device, model dtype: a batch of equal-length sequences) and
+// `counted` (each [batch·len] bool on the device: the positions whose activations enter the statistics
+// and the losses; the others are context only). The clip search's token sample takes every k-th
+// counted position in this order.
 // The layer's linears must be dense without adapters (merge first). Afterwards each linear holds its
 // dequantized quantized weight (model dtype) and the norms hold the folded scales: the layer computes
 // what the exported checkpoint computes. Stats: error = trace((W-E) H (W-E)ᵀ) with E the effective

@@ -1,6 +1,7 @@
 #include "export/calibration.h"
 
 #include <algorithm>
+#include <map>
 
 #include "data/dataset/shuffle.h"
 #include "data/error.h"
@@ -39,6 +40,27 @@ CalibrationSet calibration_from_examples(const ExampleSet& data, const Calibrati
     throw InputError(out.source + ": no example with at least two tokens" +
                      (opts.trained_only ? " and a trained token" : std::string()) + " to calibrate on");
   return out;
+}
+
+std::vector<CalibrationBatch> equal_length_batches(const CalibrationSet& calib, int64_t max_tokens) {
+  std::vector<std::vector<size_t>> members;
+  std::map<int64_t, size_t> open;  // length → its batch being filled
+  for (size_t s = 0; s < calib.ids.size(); ++s) {
+    const int64_t len = calib.ids[s].size(1);
+    auto it = open.find(len);
+    if (it == open.end() || static_cast<int64_t>(members[it->second].size() + 1) * len > max_tokens) {
+      members.emplace_back();
+      it = open.insert_or_assign(len, members.size() - 1).first;
+    }
+    members[it->second].push_back(s);
+  }
+  std::vector<CalibrationBatch> batches;
+  for (const auto& m : members) {
+    std::vector<at::Tensor> ids, counts;
+    for (size_t s : m) ids.push_back(calib.ids[s]), counts.push_back(calib.counts[s]);
+    batches.push_back({at::cat(ids), at::cat(counts)});
+  }
+  return batches;
 }
 
 CalibrationSet calibration_from_tokens(const std::vector<int64_t>& ids, const CalibrationOptions& opts, std::string source) {

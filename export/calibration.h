@@ -39,4 +39,12 @@ CalibrationSet calibration_from_examples(const ExampleSet& data, const Calibrati
 // Throws InputError naming `source` when the corpus is shorter than one window.
 CalibrationSet calibration_from_tokens(const std::vector<int64_t>& ids, const CalibrationOptions& opts, std::string source);
 
+// The set as batches of equal-length sequences (no padding, so attention is exactly each sequence's
+// own), at most `max_tokens` tokens a batch, in order of first appearance of each length: one layer
+// call per batch instead of one per sequence. ids [b, len] int64 and counted [b·len] bool, on the CPU.
+struct CalibrationBatch {
+  at::Tensor ids, counted;
+};
+std::vector<CalibrationBatch> equal_length_batches(const CalibrationSet& calib, int64_t max_tokens = 16384);
+
 }  // namespace qtrain

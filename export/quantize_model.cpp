@@ -39,25 +39,6 @@ std::map<const Linear*, std::string> linear_paths(DecoderLayer& l) {
   return paths;
 }
 
-// Calibration sequences run as batches of equal length (no padding, so attention is exactly each
-// sequence's own), at most `max_tokens` tokens each: one batch of windows instead of one layer call per
-// sequence. Indices into calib, in order of first appearance of each length.
-constexpr int64_t kMaxBatchTokens = 16384;
-std::vector<std::vector<size_t>> equal_length_batches(const CalibrationSet& calib, int64_t max_tokens) {
-  std::vector<std::vector<size_t>> batches;
-  std::map<int64_t, size_t> open;  // length → its batch being filled
-  for (size_t s = 0; s < calib.ids.size(); ++s) {
-    const int64_t len = calib.ids[s].size(1);
-    auto it = open.find(len);
-    if (it == open.end() || static_cast<int64_t>(batches[it->second].size() + 1) * len > max_tokens) {
-      batches.emplace_back();
-      it = open.insert_or_assign(len, batches.size() - 1).first;
-    }
-    batches[it->second].push_back(s);
-  }
-  return batches;
-}
-
 }  // namespace
 
 QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, const GptqSettings& settings,
@@ -71,11 +52,9 @@ QuantizedModel quantize_model(LlamaModel& model, const CalibrationSet& calib, co
   // hs[c] [batch, len, hidden] in the model dtype, counted[c] [batch·len] bool (the positions that enter
   // the statistics), on the device.
   std::vector<at::Tensor> hs, counted;
-  for (const auto& batch : equal_length_batches(calib, kMaxBatchTokens)) {
-    std::vector<at::Tensor> ids, counts;
-    for (size_t s : batch) ids.push_back(calib.ids[s]), counts.push_back(calib.counts[s]);
-    hs.push_back(model.embed(at::cat(ids)));
-    counted.push_back(at::cat(counts).to(dev));
+  for (const CalibrationBatch& b : equal_length_batches(calib)) {
+    hs.push_back(model.embed(b.ids));
+    counted.push_back(b.counted.to(dev));
   }
 
   ProgressLine progress(console, method == QuantMethod::kGptq ? "GPTQ: quantizing" : "RTN: quantizing", model.num_layers(),

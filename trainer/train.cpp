@@ -75,7 +75,8 @@ AdapterInfo adapter_info(const Recipe& r) {
   info.dropout = r.lora.dropout;
   info.rslora = r.lora.rslora;
   info.target_modules = resolve_target_modules(r.model.target_modules);
-  info.base_model = r.model.path.string();
+  // PEFT's base_model_name_or_path: the Hub id when the recipe named one (as peft writes it), else the directory.
+  info.base_model = (r.as_written ? r.as_written->model_path : r.model.path).string();
   return info;
 }
 

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <random>
 
 #include <nlohmann/json.hpp>
@@ -375,9 +376,18 @@ TEST(ExportCli, GgufFileBesideItsReport) {
   test_tools::ScratchDir dir("export-gguf");
   const fs::path out = dir.path / "gguf";
   const auto r = run_qtrain("export --model " + shared_model().string() + " --format gguf --gguf-type q8_0 --eval-text " +
-                            shared_text().string() + " --eval-len 128 --eval-windows 4 --out " + out.string());
-  ASSERT_EQ(r.code, 0) << r.output;
+                            shared_text().string() + " --eval-len 128 --eval-windows 4 --log-format json --out " + out.string(),
+                            /*split_stderr=*/true);
+  ASSERT_EQ(r.code, 0) << r.output << r.err;
   EXPECT_TRUE(fs::exists(out / "llama2c-xs-tok512-hf-q8_0.gguf")) << r.output;
+  // --log-format json: every line on stderr is a JSON object (messages, and progress lines had any been due).
+  std::istringstream err(r.err);
+  int lines = 0;
+  for (std::string line; std::getline(err, line); ++lines) {
+    const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object() && (j["kind"] == "message" || j["kind"] == "progress")) << line;
+  }
+  EXPECT_GT(lines, 0) << "the export says what it wrote";
   std::ifstream in(out / "export_report.json");
   const auto j = nlohmann::json::parse(in);
   const auto& written = j["models"].back();

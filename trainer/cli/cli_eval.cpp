@@ -40,18 +40,6 @@ std::string fixed(double v, int digits) {
   return buf;
 }
 
-// A progress line on stderr at most every 10 s (long runs on big models), none for short ones.
-WindowProgress progress_printer(Clock::time_point t0) {
-  auto last = std::make_shared<Clock::time_point>(t0);
-  return [t0, last](int64_t done, int64_t total, double nll) {
-    const auto now = Clock::now();
-    if (done < total && now - *last < std::chrono::seconds(10)) return;
-    *last = now;
-    std::cerr << "eval: " << done << "/" << total << " windows, running ppl " << fixed(std::exp(nll), 4) << " ("
-              << fixed(std::chrono::duration<double>(now - t0).count(), 1) << " s)\n";
-  };
-}
-
 // The first max_examples examples of `set` (file order); all of them when max_examples is 0.
 std::shared_ptr<const ExampleSet> first_examples(const std::shared_ptr<const ExampleSet>& set, int64_t max_examples) {
   if (max_examples <= 0 || max_examples >= set->size()) return set;
@@ -92,7 +80,10 @@ int run_eval(const std::vector<std::string>& args) {
       ("dtype", po::value(&dtype)->default_value("float32"), "weights and compute dtype: float32, bfloat16, float16")
       ("device", po::value(&device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("out", po::value(&out), "also write the JSON result here (atomically)");
-  if (!parse_verb(args, spec)) return 0;
+  add_console_options(spec);
+  const auto vm = parse_verb(args, spec);
+  if (!vm) return 0;
+  const ConsoleOptions console = console_options(*vm);
 
   // Every argument is checked before a model is read.
   const bool text = format == "text";
@@ -149,15 +140,19 @@ int run_eval(const std::vector<std::string>& args) {
     dc.train_on = parse_train_on(train_on, "--train-on");
     dc.max_seq_len = seq_len;
     dc.cache_dir = cache_dir;
-    ds = build_dataset(dc, *tok, model_dir, &report);
+    ds = build_dataset(dc, *tok, model_dir, &report, console);
   }
 
+  opts.console = console;
   LlamaModel model = LlamaModel::load(model_dir, opts);
   if (!adapter.empty()) apply_peft_adapter(model, adapter);
   if (text) {
     std::optional<LlamaModel> ref;
     if (!reference.empty()) ref = LlamaModel::load(reference, opts);
-    const NllResult r = window_nll(model, windows, batch_size, ref ? &*ref : nullptr, progress_printer(t0));
+    ProgressLine line(console, "eval: " + std::to_string(windows.size()) + " windows of " + std::to_string(windows.seq_len),
+                      windows.size(), "windows");
+    const NllResult r = window_nll(model, windows, batch_size, ref ? &*ref : nullptr, show_window_progress(line));
+    line.finish("", /*transient=*/true);  // the summary line follows
     j["reference"] = reference.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(reference);
     j["protocol"] =
         "corpus lines joined by \"\\n\\n\" (HF wikitext rows), tokenized once with the tokenizer's special tokens; "
@@ -176,7 +171,7 @@ int run_eval(const std::vector<std::string>& args) {
     if (ref) j["kl"] = r.kl;
   } else {
     const auto examples = first_examples(ds.train, max_examples);
-    const EvalResult r = evaluate(model, examples, batch_size, dc, /*max_batches=*/0);
+    const EvalResult r = evaluate(model, examples, batch_size, dc, /*max_batches=*/0, {}, console);
     j["protocol"] =
         "mean CE over the trained (masked target) tokens of each example, built as training builds them "
         "(format, chat template, train_on, cut to max_seq_len), file order, right-padded batches, no packing";

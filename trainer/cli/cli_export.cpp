@@ -11,6 +11,7 @@
 #include "trainer/cli/cli.h"
 #include "trainer/cli/cli_options.h"
 #include "trainer/config.h"
+#include "trainer/metrics_log.h"
 
 namespace qtrain::cli {
 namespace {
@@ -41,7 +42,10 @@ std::string dtype_name(DtypeChoice d) {
   throw std::logic_error("unknown DtypeChoice");
 }
 
-void report_progress(const std::string& s) { std::cerr << "export: " << s << "\n"; }
+// The exporter's messages; with json each is a {"kind": "message"} line like the training log's.
+ExportMessages messages_to_stderr(const ConsoleOptions& c) {
+  return [json = c.json](const std::string& s) { std::cerr << console_line(json, "export: " + s); };
+}
 
 }  // namespace
 
@@ -51,8 +55,9 @@ void export_after_training(const Recipe& r) {
   // replaces its export. An explicit export.out is never replaced.
   job.overwrite = r.export_.out.empty();
   place(job, device_name(r.training.device), dtype_name(r.training.compute_dtype));
-  const ExportResult res = run_export(job, report_progress);
-  std::cerr << "export: " << res.out.string() << " (report: " << (res.out / "export_report.md").string() << ")\n";
+  job.console = {r.logging.console == "json", r.logging.quiet};  // the run's console settings
+  const ExportResult res = run_export(job, messages_to_stderr(job.console));
+  std::cerr << console_line(job.console.json, "export: " + res.out.string() + " (report: " + (res.out / "export_report.md").string() + ")");
 }
 
 int run_export(const std::vector<std::string>& args) {
@@ -98,6 +103,7 @@ int run_export(const std::vector<std::string>& args) {
       ("device", po::value(&device)->default_value("auto"), "where to merge, calibrate and quantize: auto, cpu, cuda, cuda:N")
       ("compute-dtype", po::value(&compute)->default_value("auto"), "activations while exporting: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16")
       ("max-shard-size", po::value(&shard)->default_value("5GB"), "largest safetensors shard");
+  add_console_options(spec);
   spec.hidden.add_options()("run", po::value(&run), "run directory");
   spec.positional.add("run", 1);
   const auto vm = parse_verb(args, spec);
@@ -160,8 +166,9 @@ int run_export(const std::vector<std::string>& args) {
   job.overwrite = vm->count("overwrite") > 0;
   job.max_shard_bytes = parse_byte_size(shard, "max-shard-size");
   place(job, device, compute);
+  job.console = console_options(*vm);
 
-  const ExportResult r = run_export(job, report_progress);
+  const ExportResult r = run_export(job, messages_to_stderr(job.console));
   std::cout << "export: " << format << " model in " << r.out.string() << " (report: " << (r.out / "export_report.md").string() << ")\n";
   return 0;
 }

@@ -70,6 +70,18 @@ at::Device parse_device_option(const std::string& s, const std::string& option) 
   throw UsageError("--" + option + " '" + s + "' is not a device (expected cpu, cuda or cuda:N)");
 }
 
+void add_console_options(VerbSpec& spec) {
+  spec.options.add_options()
+      ("quiet", "no progress lines (the result still prints)")
+      ("log-format", po::value<std::string>()->default_value("text"), "text|json: json makes every progress line a JSON object");
+}
+
+ConsoleOptions console_options(const po::variables_map& vm) {
+  const std::string f = vm["log-format"].as<std::string>();
+  if (f != "text" && f != "json") throw UsageError("--log-format '" + f + "' must be text or json");
+  return {f == "json", vm.count("quiet") > 0};
+}
+
 std::string resolve_model_arg(const std::string& arg, const std::string& option) {
   if (arg.empty()) return arg;
   const auto ref = hub::model_ref_for(arg, "--" + option);

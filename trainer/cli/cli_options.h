@@ -9,6 +9,8 @@
 
 #include <ATen/ATen.h>
 
+#include "data/progress.h"
+
 namespace qtrain::cli {
 
 namespace po = boost::program_options;
@@ -28,6 +30,10 @@ at::ScalarType parse_dtype_option(const std::string& s, const std::string& optio
 // "1,403,407" → {1, 403, 407}; UsageError naming --option for an empty list or an item that is not an integer.
 std::vector<int64_t> parse_id_list(const std::string& s, const std::string& option);
 at::Device parse_device_option(const std::string& s, const std::string& option);     // cpu|cuda|cuda:N
+
+// --quiet and --log-format text|json for a verb with long phases (eval, export): what its console shows.
+void add_console_options(VerbSpec& spec);
+ConsoleOptions console_options(const po::variables_map& vm);
 
 // A --model / --adapter / positional MODEL_DIR argument: a local directory as given, or a Hub id
 // (org/name[@revision], hf://org/name; the rule in data/hub/hub_resolve.h) fetched into the Hugging Face

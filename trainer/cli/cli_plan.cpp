@@ -11,6 +11,7 @@
 #include "trainer/cli/cli.h"
 #include "trainer/cli/cli_options.h"
 #include "trainer/config.h"
+#include "trainer/recipe_hub.h"
 #include "trainer/memory_plan.h"
 
 #if defined(QTRAIN_WITH_CUDA)
@@ -33,7 +34,7 @@ int run_plan(const std::vector<std::string>& args) {
   const auto vm = parse_verb(args, spec);
   if (!vm) return 0;
   if (device != "cuda" && device != "cpu") throw UsageError("--device: expected cuda or cpu, found '" + device + "'");
-  const Recipe r = load_recipe(recipe, sets);
+  const Recipe r = resolve_hub_ids(load_recipe(recipe, sets), hub::hub_settings_from_env(), hub::stderr_log());
   const auto config = r.model.path / "config.json";
   if (!std::filesystem::is_regular_file(config))
     throw UsageError(recipe + ": model.path '" + r.model.path.string() + "' has no config.json to plan from");

@@ -77,7 +77,13 @@ at::Tensor qlora_forward(const at::Tensor& x, const at::Tensor& A, const at::Ten
   at::Tensor y = base_forward(x, *f.weight, f.bias);  // [T, N]
   const at::Tensor xd = (f.mask.defined() ? x * f.mask : x).to(A.scalar_type());  // [T, K]
   const at::Tensor h = at::mm(xd, A.t());                                        // [T, r]
-  y.add_(at::mm(h, B.t()).mul_(f.scale).to(y.scalar_type()));
+  if (y.scalar_type() == B.scalar_type()) {
+    // The GEMM accumulates s·h·Bᵀ into y itself (beta 1, alpha s): no [T, N] temporary and no separate scale
+    // and add passes over it (those two passes were ~10% of a CPU step, docs/PERFORMANCE.md).
+    y.addmm_(h, B.t(), /*beta=*/1.0, /*alpha=*/f.scale);
+  } else {
+    y.add_(at::mm(h, B.t()).mul_(f.scale).to(y.scalar_type()));  // LoRA in fp32 over a bf16/fp16 base
+  }
   if (h_out) *h_out = h;
   return y;
 }
@@ -106,19 +112,25 @@ struct QLoraLinearFunction : public torch::autograd::Function<QLoraLinearFunctio
     const at::Tensor& h = saved[4];
     const double scale = ctx->saved_data["scale"].toDouble();
     const at::Tensor gy = grad_outputs[0];                          // [T, N]
-    const at::Tensor gl = gy.to(A.scalar_type()).mul(scale);        // [T, N], LoRA branch dtype
-    const at::Tensor gB = at::mm(gl.t(), h);                        // [N, r]
-    const at::Tensor gh = at::mm(gl, B);                            // [T, r]
+    // The scale is applied to the rank-r products, not to gy: s·(gyᵀh) and s·(gy·B) scale [N, r] and [T, r]
+    // instead of a [T, N] copy of gy.
+    const at::Tensor gl = gy.to(A.scalar_type());                   // [T, N], LoRA branch dtype (no copy if equal)
+    const at::Tensor gB = at::mm(gl.t(), h).mul_(scale);            // [N, r]
+    const at::Tensor gh = at::mm(gl, B).mul_(scale);                // [T, r]
     at::Tensor gA, gx;
     if (ctx->needs_input_grad(1)) {
       const at::Tensor xd = (mask.defined() ? x * mask : x).to(A.scalar_type());
       gA = at::mm(gh.t(), xd);  // [r, K]
     }
     if (ctx->needs_input_grad(0)) {
-      gx = base_grad_x(gy, load_state(ctx), x.scalar_type());  // [T, K]
-      at::Tensor gxd = at::mm(gh, A);                                        // [T, K]
-      if (mask.defined()) gxd.mul_(mask);
-      gx.add_(gxd.to(gx.scalar_type()));
+      gx = base_grad_x(gy, load_state(ctx), x.scalar_type());  // [T, K], a fresh tensor
+      if (!mask.defined() && gx.scalar_type() == gh.scalar_type()) {
+        gx.addmm_(gh, A);  // the GEMM accumulates gh·A into gx: no [T, K] temporary, no add pass
+      } else {
+        at::Tensor gxd = at::mm(gh, A);  // [T, K]
+        if (mask.defined()) gxd.mul_(mask);
+        gx.add_(gxd.to(gx.scalar_type()));
+      }
     }
     // Inputs: x, A, B, frozen (W, bias, mask: no gradient by design).
     return {gx, gA, ctx->needs_input_grad(2) ? gB : at::Tensor(), at::Tensor()};

@@ -9,10 +9,19 @@ Both sides: NF4 + double-quant base (qtrain quantizes while loading; transformer
 BitsAndBytesConfig), LoRA r=16 alpha=32 on all linears, dropout 0, fp32 compute, AdamW, one fixed
 random batch. qtrain's time per step is (t(N steps) - t(1 step)) / (N - 1), so loading is excluded;
 the peft side times the same steps in-process after a warm-up step.
+
+--whole-process N also times both sides as whole processes running N steps from a cold start (qtrain:
+train_step_tool loading, quantizing and stepping; peft: a fresh Python running this file with --peft-child:
+imports, load through BitsAndBytesConfig, N steps) and prints that ratio too (issue 14's measure).
+--make-model H,L,I,V writes a random Llama (hidden H, L layers, MLP width I, vocab V, 8 heads) to a temporary
+directory and uses it as --model (issue 14's 25M shape: 512,8,1024,4096 with --batch 8 --seq 256).
+OMP_WAIT_POLICY and OMP_NUM_THREADS, when set, reach every process the same way: on a loaded machine
+OMP_WAIT_POLICY=passive stops idle OpenMP threads from spinning (docs/PERFORMANCE.md).
 """
 import argparse
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +37,20 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tool", required=True)
-    ap.add_argument("--model", required=True, help="a Hugging Face Llama directory (e.g. runs/quickstart/base)")
+    ap.add_argument("--model", default="", help="a Hugging Face Llama directory (e.g. runs/quickstart/base)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--whole-process", type=int, default=0, metavar="N")
+    ap.add_argument("--make-model", default="", metavar="H,L,I,V")
+    ap.add_argument("--peft-child", default="", help=argparse.SUPPRESS)  # BATCH.safetensors: run N steps, exit
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
+    if args.peft_child:
+        return peft_child(args)
     tmp = Path(tempfile.mkdtemp())
+    if args.make_model:
+        args.model = str(make_model(args.make_model, tmp / "model"))
 
     bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                              bnb_4bit_compute_dtype=torch.float32)
@@ -66,6 +82,15 @@ def main():
                         "--steps", str(steps), "--lr", "1e-4", "--quantize"], check=True)
         return time.perf_counter() - t
 
+    whole = None
+    if args.whole_process:
+        n = args.whole_process
+        t = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--tool", args.tool, "--model", args.model, "--steps", str(n),
+                        "--peft-child", str(tmp / "batch.safetensors")], check=True)
+        peft_wall = time.perf_counter() - t
+        whole = (qtrain(n), peft_wall, n)
+
     q1 = min(qtrain(1) for _ in range(2))
     qn = qtrain(args.steps + 1)
     qtrain_s = (qn - q1) / args.steps
@@ -74,6 +99,41 @@ def main():
     print(f"qtrain              {qtrain_s * 1e3:8.1f} ms/step  {tokens / qtrain_s:8.0f} tok/s")
     print(f"peft+bitsandbytes   {peft_s * 1e3:8.1f} ms/step  {tokens / peft_s:8.0f} tok/s")
     print(f"ratio (qtrain speed / peft speed): {peft_s / qtrain_s:.2f}x")
+    if whole:
+        q_wall, p_wall, n = whole
+        print(f"whole process, {n} steps: qtrain {q_wall:.1f} s, peft+bitsandbytes {p_wall:.1f} s: "
+              f"qtrain takes {q_wall / p_wall:.2f}x the wall time ({p_wall / q_wall:.2f}x faster)")
+    print(f"load average {os.getloadavg()[0]:.2f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+
+
+def make_model(spec, out):
+    h, layers, inter, vocab = (int(v) for v in spec.split(","))
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048,
+                      tie_word_embeddings=False)
+    m = LlamaForCausalLM(cfg)
+    m.save_pretrained(out)
+    print(f"model {spec}: {sum(p.numel() for p in m.parameters()) / 1e6:.1f}M parameters")
+    return out
+
+
+def peft_child(args):
+    """The peft side as a whole process: load, quantize, attach LoRA, run the steps on the saved batch."""
+    from safetensors.torch import load_file
+    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=bnb, dtype=torch.float32,
+                                                device_map="cpu")
+    model = get_peft_model(base, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS,
+                                            task_type="CAUSAL_LM")).train()
+    batch = load_file(args.peft_child)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+    for _ in range(args.steps):
+        opt.zero_grad()
+        model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
+        opt.step()
 
 
 if __name__ == "__main__":

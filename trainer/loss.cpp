@@ -52,6 +52,44 @@ LossSum causal_lm_loss(const LlamaModel& model, const at::Tensor& hidden, const 
   return out;
 }
 
+namespace {
+
+// One chunk of the LM head and the cross-entropy, forward and backward by hand, without an autograd graph.
+//   rows [n, H] (compute dtype), W = the LM head [V, H] (frozen), t [n] int64 targets.
+// The logits [n, V] are made fp32 once and then turned in place into exp(logit - max), the softmax and
+// finally the gradient d(scale·Σ CE)/d logits = scale·(softmax - onehot(t)): one fp32 [n, V] buffer (plus
+// its compute-dtype matmul input/output in bf16/fp16), where autograd through lm_head + cross_entropy kept
+// the logits, their fp32 copy, the log-softmax and its gradient alive together (~14 bytes per logit in bf16).
+// Returns d/d rows [n, H] in the compute dtype; adds Σ CE (fp64) and the argmax hits to the running sums.
+at::Tensor lm_head_ce_chunk(const LlamaModel& model, const at::Tensor& rows, const at::Tensor& t, double scale,
+                            at::Tensor& sum, at::Tensor& correct) {
+  // rows → logits through the model's own lm_head with autograd, so its backward (d rows = g·W) is the
+  // module's; that graph saves only its inputs (rows, W), never the [n, V] output.
+  const at::Tensor r = rows.detach().requires_grad_(true);       // [n, H]
+  const at::Tensor logits = model.lm_head(r);                      // [n, V] compute dtype
+  at::Tensor g;                                                    // [n, V] fp32: becomes the gradient
+  {
+    at::NoGradGuard ng;
+    // fp32: the matmul's own output buffer (not saved by autograd, so it may be overwritten); else a copy.
+    g = logits.scalar_type() == at::kFloat ? logits.detach() : logits.detach().to(at::kFloat);
+    correct += (g.argmax(-1) == t).sum();
+    const at::Tensor tt = t.unsqueeze(1);                          // [n, 1]
+    const at::Tensor target_logit = g.gather(1, tt);               // [n, 1]
+    const at::Tensor mx = std::get<0>(g.max(1, /*keepdim=*/true)); // [n, 1]
+    g.sub_(mx).exp_();                                             // exp(z - max)
+    const at::Tensor se = g.sum(1, /*keepdim=*/true);              // [n, 1]
+    // CE = logsumexp(z) - z[t] = log(Σ exp(z - max)) + max - z[t] per row, summed in fp64.
+    sum += (se.log() + mx - target_logit).sum(at::kDouble);
+    g.div_(se);                                                    // softmax
+    g.scatter_add_(1, tt, at::full({t.size(0), 1}, -1.0f, g.options()));  // softmax - onehot(t)
+    g.mul_(scale);                                                 // d(scale·Σ CE)/d logits
+  }
+  logits.backward(g.scalar_type() == logits.scalar_type() ? g : g.to(logits.scalar_type()));
+  return r.grad();                                                 // [n, H]
+}
+
+}  // namespace
+
 LossSum causal_lm_loss_backward(const LlamaModel& model, const at::Tensor& hidden, const at::Tensor& labels, double scale,
                                 int64_t chunk_tokens) {
   const Targets s = select_targets(hidden, labels);
@@ -65,19 +103,13 @@ LossSum causal_lm_loss_backward(const LlamaModel& model, const at::Tensor& hidde
   for (int64_t i = 0; i < out.tokens; i += chunk_tokens) {
     const int64_t n = std::min(chunk_tokens, out.tokens - i);
     const at::Tensor idx = s.rows.narrow(0, i, n);
-    // Each chunk is its own small graph: rows [n, H] → logits [n, vocab] → CE. Its gradient lands in
-    // its own rows of `grad` (distinct rows, so the scatter is deterministic), and its fp32 logits
-    // are freed before the next chunk.
-    at::Tensor rows = states.index_select(0, idx).requires_grad_(true);
-    at::Tensor logits = model.lm_head(rows).to(at::kFloat);
-    at::Tensor t = s.targets.narrow(0, i, n);
-    at::Tensor ce = at::cross_entropy_loss(logits, t, {}, at::Reduction::Sum);
-    (ce * scale).backward();
+    // Each chunk's gradient lands in its own rows of `grad` (distinct rows, so the scatter is deterministic),
+    // and its fp32 logits are freed before the next chunk.
+    const at::Tensor g = lm_head_ce_chunk(model, states.index_select(0, idx), s.targets.narrow(0, i, n), scale, sum,
+                                          out.correct);
     at::NoGradGuard ng;
     if (!grad.defined()) grad = at::zeros_like(states);
-    grad.index_copy_(0, idx, rows.grad());
-    sum += ce.detach().to(at::kDouble);  // stays on the device: no synchronisation per chunk
-    out.correct = out.correct + (logits.argmax(-1) == t).sum();
+    grad.index_copy_(0, idx, g.to(grad.scalar_type()));
   }
   out.sum = sum;
   if (out.tokens > 0) hidden.backward(grad.view(hidden.sizes()));  // one backward through the decoder layers

@@ -23,7 +23,10 @@ LossSum causal_lm_loss(const LlamaModel& model, const at::Tensor& hidden, const 
 
 // Training form: runs backward of scale·Σ CE all the way through the model, one chunk of the LM head at
 // a time, so only one chunk's [n, vocab] fp32 logits ever exist (with autograd they would otherwise all
-// be kept until backward: 16k tokens × a 128k vocabulary is 8 GiB). Returns the loss sum (no grad).
+// be kept until backward: 16k tokens × a 128k vocabulary is 8 GiB). Within a chunk the LM head and the
+// cross-entropy are fused by hand: the fp32 logits become the softmax and then their own gradient in
+// place (4 bytes per logit in fp32 compute, 8 in bf16: the matmul's output and input beside the fp32
+// buffer; autograd's log-softmax path held ~14). Returns the loss sum (no grad).
 LossSum causal_lm_loss_backward(const LlamaModel& model, const at::Tensor& hidden, const at::Tensor& labels,
                                 double scale, int64_t chunk_tokens = 4096);
 

@@ -108,8 +108,9 @@ MemoryPlan plan_memory(const PlanSettings& s, double device_bytes) {
   const double attention = static_cast<double>(s.micro_batch) * m.num_attention_heads * static_cast<double>(s.seq_len) * 4 * 2;
   const double dequant = s.quantized ? largest_weight * d : 0;  // one base weight dequantized for its matmul
   const double chunk = std::min<double>(kLossChunk, X);
-  // lm_head output (compute dtype), its fp32 copy, log-softmax saved, the gradient; d(hidden) for all rows.
-  const double loss = chunk * V * (d + 12) + chunk * H * d + X * H * d;
+  // The fused chunk (trainer/loss.cpp): one fp32 [chunk, V] buffer turned into its own gradient in place, plus in
+  // bf16/fp16 the matmul's output and its gradient input in the compute dtype; d(hidden) for all rows.
+  const double loss = chunk * V * (4 + (d < 4 ? 2 * d : 0)) + chunk * H * d + X * H * d;
   const double hidden = X * H * d;  // one [B, T, H] hidden state
   const double checkpoints = s.recompute ? (s.offload_checkpoints ? 2 * hidden : (L + 1) * hidden)
                                          : L * (layer_acts + attention) + hidden;

@@ -17,6 +17,7 @@
 #include "trainer/model/model.h"
 #include "trainer/optimizer.h"
 #include "trainer/step.h"
+#include "trainer/loss.h"
 
 namespace qtrain {
 namespace {
@@ -103,6 +104,67 @@ StepSettings settings(double lr, double max_grad_norm) {
   s.lr = lr;
   s.max_grad_norm = max_grad_norm;
   return s;
+}
+
+// The LM head + cross-entropy fused per chunk (causal_lm_loss_backward: forward and backward by hand, one
+// chunk's fp32 logits at a time) against the unfused form (causal_lm_loss through autograd, one chunk holding
+// every row) in fp64: the loss, the argmax hits and d loss / d hidden, for chunk sizes that do not divide the
+// target count (1, 7, 13, all), with ignore-index labels in every row and a row with no target at all.
+TEST(FusedLoss, ChunkedLmHeadCrossEntropyEqualsUnfusedAutograd) {
+  const uint64_t seed = fresh_seed();
+  LlamaModel m = tiny_model(seed);
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed + 7);
+  Batch b = make_batch(4, 11, g);
+  b.labels[3].fill_(-100);  // a row without targets
+  b.labels[0][5] = -100;    // an ignored label inside a row
+  const at::Tensor hidden0 = m.hidden_states(b.input_ids, b.segment_ids, b.positions, nullptr).detach();  // [4, 11, 32]
+  const double scale = 0.37;
+
+  // Unfused reference in fp64: logits of every row at once, cross_entropy through autograd.
+  at::Tensor ref_sum, ref_grad;
+  int64_t ref_correct = 0, ref_tokens = 0;
+  {
+    LlamaModel& mm = m;
+    at::Tensor h64 = hidden0.to(at::kDouble).requires_grad_(true);
+    // The LM head in fp64: lm_head(x) = x·Wᵀ, read through the module on an identity to recover W [V, H].
+    const at::Tensor w = mm.lm_head(at::eye(32)).detach().t().to(at::kDouble);  // [V, H]
+    const at::Tensor next = at::full({4, 11}, -100, at::kLong);
+    next.narrow(1, 0, 10).copy_(b.labels.narrow(1, 1, 10));
+    const at::Tensor flat = next.reshape({-1});
+    const at::Tensor keep = (flat != -100).nonzero().view({-1});
+    const at::Tensor logits = at::mm(h64.reshape({-1, 32}).index_select(0, keep), w.t());
+    const at::Tensor t = flat.index_select(0, keep);
+    ref_sum = at::cross_entropy_loss(logits, t, {}, at::Reduction::Sum);
+    (ref_sum * scale).backward();
+    ref_grad = h64.grad();
+    ref_correct = (logits.argmax(-1) == t).sum().item<int64_t>();
+    ref_tokens = keep.numel();
+  }
+  ASSERT_GE(ref_tokens, 15);  // 20 with this batch: the chunks of 7 and 13 leave partial last chunks
+  for (const int64_t chunk : {int64_t{1}, int64_t{7}, int64_t{13}, int64_t{4096}}) {
+    SCOPED_TRACE("chunk " + std::to_string(chunk));
+    at::Tensor h = hidden0.clone().requires_grad_(true);
+    const LossSum fused = causal_lm_loss_backward(m, h, b.labels, scale, chunk);
+    EXPECT_EQ(fused.tokens, ref_tokens);
+    EXPECT_EQ(fused.correct.item<int64_t>(), ref_correct);
+    EXPECT_NEAR(fused.sum.item<double>(), ref_sum.item<double>(), 1e-5 * ref_sum.item<double>());
+    ASSERT_TRUE(h.grad().defined());
+    const double err = (h.grad().to(at::kDouble) - ref_grad).abs().max().item<double>();
+    const double mag = ref_grad.abs().max().item<double>();
+    EXPECT_LT(err, 1e-5 * mag) << "max |fused - fp64 reference| of d loss / d hidden";
+    // The unfused fp32 form (autograd through causal_lm_loss) agrees too.
+    at::Tensor h2 = hidden0.clone().requires_grad_(true);
+    const LossSum plain = causal_lm_loss(m, h2, b.labels, chunk);
+    (plain.sum * scale).backward();
+    EXPECT_TRUE(at::allclose(h.grad(), h2.grad(), 1e-4, 1e-7));
+    // Rows that predict nothing (padding, ignored labels, the last position) get exactly zero gradient.
+    EXPECT_EQ(h.grad()[3].abs().max().item<float>(), 0.0f);
+    EXPECT_EQ(h.grad()[0][4].abs().max().item<float>(), 0.0f) << "row 0 position 4 predicts the ignored label 5";
+  }
+  // Negative control: a wrong scale is caught by the same comparison.
+  at::Tensor h = hidden0.clone().requires_grad_(true);
+  causal_lm_loss_backward(m, h, b.labels, scale * (1 + 1e-3), 7);
+  EXPECT_GT((h.grad().to(at::kDouble) - ref_grad).abs().max().item<double>(), 1e-5 * ref_grad.abs().max().item<double>());
 }
 
 TEST(TrainStep, MicroBatchesEqualOneBatch) {

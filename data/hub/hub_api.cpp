@@ -100,8 +100,17 @@ RepoInfo HubApi::repo_info(const HubRef& ref) {
   RepoInfo info;
   info.commit = j["sha"].get<std::string>();
   if (j.contains("siblings") && j["siblings"].is_array())
-    for (const auto& s : j["siblings"])
-      if (s.is_object() && s.contains("rfilename") && s["rfilename"].is_string()) info.files.push_back(s["rfilename"].get<std::string>());
+    for (const auto& s : j["siblings"]) {
+      if (!s.is_object() || !s.contains("rfilename") || !s["rfilename"].is_string()) continue;
+      std::string name = s["rfilename"].get<std::string>();
+      // Each name becomes a path under snapshots/<commit>/: one that is not a plain relative path inside the
+      // repository ("../../x.json", "/home/u/cfg.json") refuses the whole listing (the server is not trusted).
+      if (!valid_path_in_repo(name))
+        throw Error(ExitCode::kFailure, "Hub: the file listing of " + to_string(ref.type) + " repository '" + ref.repo_id +
+                                            "' at revision '" + ref.revision + "' (" + url + ") names the file '" + name +
+                                            "', which is not a path inside the repository; refusing the listing");
+      info.files.push_back(std::move(name));
+    }
   return info;
 }
 

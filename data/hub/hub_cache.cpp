@@ -57,6 +57,21 @@ void HubCache::write_ref(const std::string& revision, const std::string& commit)
   }
 }
 
+fs::path HubCache::snapshot_file(const std::string& commit, const std::string& path_in_repo) const {
+  const fs::path dir = snapshot_dir(commit).lexically_normal();
+  const auto refuse = [&] {
+    return Error(ExitCode::kFailure, "Hub cache: refusing the file name '" + path_in_repo + "' of " + to_string(type_) + " '" + repo_id_ +
+                                         "' (commit " + commit + "): it is not a path inside the repository and would leave " +
+                                         dir.string());
+  };
+  if (!is_commit_hash(commit) || !valid_path_in_repo(path_in_repo)) throw refuse();
+  const fs::path p = (dir / path_in_repo).lexically_normal();
+  // Belt and braces: the normalised path must still start with every component of the snapshot folder.
+  const fs::path rel = p.lexically_relative(dir);
+  if (rel.empty() || *rel.begin() == ".." || rel.is_absolute() || p == dir) throw refuse();
+  return p;
+}
+
 void HubCache::link_snapshot_file(const std::string& commit, const std::string& path_in_repo, const std::string& etag) const {
   const fs::path link = snapshot_file(commit, path_in_repo);
   // Relative, as huggingface_hub makes them: the cache keeps working when moved or mounted elsewhere.

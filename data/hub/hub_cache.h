@@ -28,9 +28,9 @@ class HubCache {
   std::filesystem::path blob(const std::string& etag) const { return repo_dir_ / "blobs" / etag; }
   std::filesystem::path incomplete(const std::string& etag) const { return repo_dir_ / "blobs" / (etag + ".incomplete"); }
   std::filesystem::path snapshot_dir(const std::string& commit) const { return repo_dir_ / "snapshots" / commit; }
-  std::filesystem::path snapshot_file(const std::string& commit, const std::string& path_in_repo) const {
-    return snapshot_dir(commit) / path_in_repo;
-  }
+  // snapshots/<commit>/<path>. Throws Error when `path_in_repo` is no relative path inside the repository
+  // (valid_path_in_repo) or would not stay under the snapshot folder: names come from the server.
+  std::filesystem::path snapshot_file(const std::string& commit, const std::string& path_in_repo) const;
   std::filesystem::path lock_file(const std::string& etag) const { return root_ / ".locks" / folder_name(type_, repo_id_) / (etag + ".lock"); }
 
   // The commit refs/<revision> names; nullopt when the ref is missing or not a commit hash.

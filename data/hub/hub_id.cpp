@@ -23,19 +23,6 @@ bool valid_part(std::string_view p) {
   return edge(p.front()) && edge(p.back());
 }
 
-// A path inside a repository, as the resolve URL and the snapshot folder take it.
-bool valid_path_in_repo(std::string_view p) {
-  if (p.empty() || p.front() == '/' || p.back() == '/' || p.find('\\') != std::string_view::npos) return false;
-  std::size_t start = 0;
-  while (start <= p.size()) {
-    const std::size_t end = std::min(p.find('/', start), p.size());
-    const std::string_view part = p.substr(start, end - start);
-    if (part.empty() || part == "." || part == "..") return false;
-    start = end + 1;
-  }
-  return true;
-}
-
 bool has_data_extension(std::string_view s) {
   const std::size_t slash = s.rfind('/');
   const std::string_view last = slash == std::string_view::npos ? s : s.substr(slash + 1);
@@ -74,6 +61,20 @@ Split split_repo(std::string_view s) {
 }
 
 }  // namespace
+
+bool valid_path_in_repo(std::string_view p) {
+  if (p.empty() || p.size() > 4096 || p.front() == '/' || p.back() == '/' || p.find('\\') != std::string_view::npos) return false;
+  // Control characters (a NUL would cut the path short in every system call) are no file name of a repo.
+  if (std::any_of(p.begin(), p.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) return false;
+  std::size_t start = 0;
+  while (start <= p.size()) {
+    const std::size_t end = std::min(p.find('/', start), p.size());
+    const std::string_view part = p.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
 
 std::string to_string(RepoType t) {
   switch (t) {

@@ -39,6 +39,11 @@ bool is_commit_hash(std::string_view revision);
 // A branch or tag name is used as a file name under refs/: refuse what would escape that folder.
 bool is_valid_revision(std::string_view revision);
 
+// A relative path inside a repository ("dir/train.jsonl"): no leading or trailing '/', no empty, "." or
+// ".." part, no '\\'. Every name from the Hub's listing passes through it before it becomes a path under
+// snapshots/<commit>/ (a listing naming "../../x" or "/home/u/x" would otherwise write outside the cache).
+bool valid_path_in_repo(std::string_view p);
+
 // "org/name", "org/name@rev", "hf://org/name[@rev]", "hf://models/org/name[@rev]". nullopt when the
 // string does not have that shape (it is then a local path). Throws UsageError naming `what` for an
 // hf:// string that is malformed (hf:// is an explicit request for the Hub).

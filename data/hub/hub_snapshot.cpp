@@ -132,7 +132,7 @@ std::vector<std::string> shards_of_index(const std::string& index_json, const st
   for (const auto& [name, file] : j["weight_map"].items()) {
     if (!file.is_string()) throw InputError(where + ": weight_map['" + name + "'] is not a file name");
     const std::string f = file.get<std::string>();
-    if (f.empty() || f.front() == '/' || f.find("..") != std::string::npos)
+    if (!valid_path_in_repo(f))
       throw InputError(where + ": weight_map['" + name + "'] = '" + f + "' is not a file of the repository");
     shards.insert(f);
   }

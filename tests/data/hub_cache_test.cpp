@@ -30,7 +30,8 @@ TEST(HubCache, FolderNamesAndPaths) {
   const HubCache c("/cache", RepoType::kModel, "org/name");
   EXPECT_EQ(c.blob("abc"), fs::path("/cache/models--org--name/blobs/abc"));
   EXPECT_EQ(c.incomplete("abc"), fs::path("/cache/models--org--name/blobs/abc.incomplete"));
-  EXPECT_EQ(c.snapshot_file("c0ffee", "sub/x.json"), fs::path("/cache/models--org--name/snapshots/c0ffee/sub/x.json"));
+  const std::string commit = "91df9b50963e5debc5eb33705c71078a0875b5ff";
+  EXPECT_EQ(c.snapshot_file(commit, "sub/x.json"), fs::path("/cache/models--org--name/snapshots/" + commit + "/sub/x.json"));
   EXPECT_EQ(c.lock_file("abc"), fs::path("/cache/.locks/models--org--name/abc.lock"));
 }
 
@@ -65,6 +66,31 @@ TEST(HubCache, RefsAndRelativeSnapshotLinks) {
   std::ofstream(c.blob("f")) << "new";
   c.link_snapshot_file(commit, "config.json", "f");
   EXPECT_EQ(fs::read_symlink(c.snapshot_file(commit, "config.json")), fs::path("../../blobs/f"));
+}
+
+TEST(HubCache, SnapshotFilesNeverLeaveTheSnapshotFolder) {
+  test_tools::ScratchDir dir("hub-cache-escape");
+  const HubCache c(dir.path / "cache", RepoType::kDataset, "org/data");
+  const std::string commit = "91df9b50963e5debc5eb33705c71078a0875b5ff";
+  fs::create_directories(c.blob("e").parent_path());
+  std::ofstream(c.blob("e")) << "content";
+  for (const std::string& bad : std::vector<std::string>{"../../x.json", "a/../../../x.json", "/tmp/qtrain-hub-escape.json", "../" + commit + "x/y.json", ".."}) {
+    try {
+      c.link_snapshot_file(commit, bad, "e");
+      ADD_FAILURE() << "linked '" << bad << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("refusing the file name '" + bad + "'"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("org/data"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(c.snapshot_file("not-a-commit/../..", "x.json"), Error);
+  // Nothing was made outside the snapshot folder (only blobs/ exists beside it).
+  EXPECT_FALSE(fs::exists("/tmp/qtrain-hub-escape.json"));
+  EXPECT_FALSE(fs::exists(dir.path / "cache" / "x.json"));
+  EXPECT_FALSE(fs::exists(c.repo_dir() / "x.json"));
+  // Negative control: a nested name inside the repository links fine.
+  c.link_snapshot_file(commit, "data/x.json", "e");
+  EXPECT_TRUE(fs::is_symlink(c.snapshot_file(commit, "data/x.json")));
 }
 
 TEST(HubSettings, HuggingfaceHubPrecedence) {

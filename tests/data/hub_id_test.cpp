@@ -31,6 +31,15 @@ TEST(HubId, CommitHashesAndRevisions) {
   for (const char* bad : {"", "../x", "a/../b", "/main", "main/", "a b", "a\\b"}) EXPECT_FALSE(is_valid_revision(bad)) << bad;
 }
 
+TEST(HubId, PathsInRepoStayInsideTheRepository) {
+  for (const char* ok : {"config.json", "data/train.jsonl", "a/b/c.txt", "..hidden", "a..b.json", ".gitattributes"})
+    EXPECT_TRUE(valid_path_in_repo(ok)) << ok;
+  for (const char* bad : {"", "/home/u/cfg.json", "../../x.json", "a/../../x.json", "a/./b", "a//b", "a/", "..", ".", "a\\..\\b",
+                          "a/..", "x\x01y"})
+    EXPECT_FALSE(valid_path_in_repo(bad)) << bad;
+  EXPECT_FALSE(valid_path_in_repo(std::string("ok.json\0/../../x", 17)));  // a NUL would cut the path short
+}
+
 TEST(HubId, ModelRefs) {
   auto r = parse_model_ref("huggyllama/llama-7b", "model.path");
   ASSERT_TRUE(r);

@@ -35,8 +35,11 @@ def git_blob_sha1(data: bytes) -> str:
 
 
 class Repo:
-    def __init__(self, kind, repo_id, files, gated=False):
+    def __init__(self, kind, repo_id, files, gated=False, extra_listing=()):
         self.kind, self.repo_id, self.gated = kind, repo_id, gated
+        # Names the listing shows beyond the files (a malicious server: "../../x.json"); resolving any of them
+        # serves `{}` so that a client that trusts the listing really gets a file to write there.
+        self.extra_listing = list(extra_listing)
         self.files = {path: (data if isinstance(data, bytes) else Path(data).read_bytes()) for path, data in files.items()}
         h = hashlib.sha1(repo_id.encode())
         for path in sorted(self.files):
@@ -86,8 +89,8 @@ class FakeHub:
         self.server.shutdown()
         self.server.server_close()
 
-    def add(self, kind, repo_id, files, gated=False):
-        repo = Repo(kind, repo_id, files, gated)
+    def add(self, kind, repo_id, files, gated=False, extra_listing=()):
+        repo = Repo(kind, repo_id, files, gated, extra_listing)
         self.repos[(kind, repo_id)] = repo
         for path in repo.files:
             if repo.is_lfs(path):
@@ -151,7 +154,7 @@ class FakeHub:
             return
         if parts[4] == "revision":
             body = {"id": repo.repo_id, "sha": repo.commit, "private": False, "gated": "manual" if repo.gated else False,
-                    "siblings": [{"rfilename": p} for p in sorted(repo.files)]}
+                    "siblings": [{"rfilename": p} for p in sorted(repo.files) + repo.extra_listing]}
         else:
             body = []
             for p in sorted(repo.files):
@@ -165,6 +168,10 @@ class FakeHub:
     def resolve(self, h, kind, repo_id, rev, file, head):
         repo = self.find(h, kind, repo_id, head)
         if repo is None or not self.revision(h, repo, rev, head):
+            return
+        if file not in repo.files and repo.extra_listing:
+            body = b"{}"
+            self.send(h, 200, {"X-Repo-Commit": repo.commit, "ETag": f'"{git_blob_sha1(body)}"'}, body, head)
             return
         if file not in repo.files:
             self.error(h, 404, "EntryNotFound", f"{file} does not exist on \"{rev}\"", head)

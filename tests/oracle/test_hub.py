@@ -326,3 +326,24 @@ def test_local_paths_are_never_hub_ids(qtrain_bin, hub, tiny_model, tmp_path):
     r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert hub.log == []
+
+
+@pytest.mark.parametrize("evil", ["../../../escaped.json", "/ABS/escaped.json", "data/../../../../escaped.json"])
+def test_a_listing_that_names_paths_outside_the_repo_is_refused(qtrain_bin, hub, tmp_path, evil):
+    evil = evil.replace("/ABS", str(tmp_path))
+    repo_id = "evil-org/listing" + str(abs(hash(evil)) % 1000)
+    rows = hub.repos[("dataset", DATASET)].files[TRAIN_FILE]
+    hub.add("dataset", repo_id, {"train.jsonl": rows}, extra_listing=[evil])
+    cache = tmp_path / "cache"
+    hub.log.clear()
+    r = dry_run(qtrain_bin, env_for(hub, cache), tmp_path, f"data.files=[{repo_id}]")
+    assert r.returncode == 1, r.stderr
+    assert f"dataset repository '{repo_id}'" in r.stderr and f"names the file '{evil}'" in r.stderr, r.stderr
+    assert not any(p.endswith("escaped.json") for _, p, _ in hub.log), hub.log
+    # Nothing was written anywhere but inside the cache's own folders.
+    assert not list(tmp_path.rglob("escaped.json")), list(tmp_path.rglob("escaped.json"))
+    # Negative control: the same repository without the bad name downloads.
+    del hub.repos[("dataset", repo_id)]
+    hub.add("dataset", repo_id, {"train.jsonl": rows})
+    r = dry_run(qtrain_bin, env_for(hub, cache), tmp_path, f"data.files=[{repo_id}]")
+    assert r.returncode == 0 and "64 records" in r.stderr, r.stderr

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "data/error.h"
+#include "data/hub/url.h"
 
 namespace qtrain::hub {
 namespace {
@@ -55,8 +56,10 @@ std::string HubApi::resolve_url(const HubRef& ref, const std::string& revision, 
          url_quote(path_in_repo, true);
 }
 
+bool HubApi::on_endpoint(const std::string& url) const { return same_origin(url, s_.endpoint); }
+
 std::vector<std::string> HubApi::auth_headers(const std::string& url) const {
-  if (!s_.token || url.rfind(s_.endpoint + "/", 0) != 0) return {};
+  if (!s_.token || !on_endpoint(url)) return {};
   return {"Authorization: Bearer " + *s_.token};
 }
 
@@ -131,10 +134,12 @@ FileMetadata HubApi::file_metadata(const HubRef& ref, const std::string& commit,
     req.stall_timeout_s = s_.stall_timeout_s;
     res = http_.fetch(req);
     const std::string location = res.header("location");
-    const bool on_hub = location.rfind("/", 0) == 0 || location.rfind(s_.endpoint + "/", 0) == 0;
-    if (res.status >= 300 && res.status < 400 && on_hub && hops < 5) {
-      url = location.front() == '/' ? s_.endpoint + location : location;
-      continue;
+    if (res.status >= 300 && res.status < 400 && !location.empty()) {
+      const std::string next = resolve_location(url, location);
+      if (on_endpoint(next) && hops < 5) {
+        url = next;
+        continue;
+      }
     }
     break;
   }
@@ -151,7 +156,7 @@ FileMetadata HubApi::file_metadata(const HubRef& ref, const std::string& commit,
       m.size = -1;
     }
   }
-  m.download_url = redirect && !res.header("location").empty() ? res.header("location") : url;
+  m.download_url = redirect && !res.header("location").empty() ? resolve_location(url, res.header("location")) : url;
   if (!safe_etag(m.etag))
     throw Error(ExitCode::kFailure, "Hub: " + url + " gave no usable ETag ('" + m.etag + "') for " + to_string(ref.type) + " '" +
                                         ref.repo_id + "' file '" + path_in_repo + "': the cache names blobs after it");

@@ -37,6 +37,8 @@ class HubApi {
   FileMetadata file_metadata(const HubRef& ref, const std::string& commit, const std::string& path_in_repo);
 
   std::string resolve_url(const HubRef& ref, const std::string& revision, const std::string& path_in_repo) const;
+  // `url` has the endpoint's scheme, host and port (url.h's same_origin): the token goes there only.
+  bool on_endpoint(const std::string& url) const;
   // The Authorization header when a token is set and `url` is on the endpoint (never sent elsewhere).
   std::vector<std::string> auth_headers(const std::string& url) const;
 

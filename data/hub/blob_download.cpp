@@ -53,19 +53,28 @@ void verify(const fs::path& part, const FileMetadata& meta, const std::string& w
 
 }  // namespace
 
-void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, const std::string& commit, const FileMetadata& meta,
+void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, const std::string& commit, const FileMetadata& planned,
                       DownloadProgress& progress) {
   const HubSettings& s = api.settings();
-  const fs::path blob = cache.blob(meta.etag);
-  const std::string what = describe(ref, commit, meta.path_in_repo);
+  const fs::path blob = cache.blob(planned.etag);
+  const std::string what = describe(ref, commit, planned.path_in_repo);
   if (!fs::exists(blob)) {
-    BlobLock lock(cache.lock_file(meta.etag), [&] { progress.note("waiting: another process is downloading " + meta.path_in_repo); });
+    BlobLock lock(cache.lock_file(planned.etag), [&] { progress.note("waiting: another process is downloading " + planned.path_in_repo); });
     if (!fs::exists(blob)) {  // the process we waited for may have finished it
+      // The download URL of an LFS file is a signed storage URL that expires (X-Amz-Expires=3600 on the
+      // Hub's): ask for it now, just before the bytes are fetched, not when the snapshot was planned
+      // (later shards of a slow download would start with a dead URL), and again when it dies mid-file.
+      FileMetadata meta = api.file_metadata(ref, commit, planned.path_in_repo);
+      if (meta.etag != planned.etag)
+        throw Error(ExitCode::kFailure, "Hub: " + what + " changed while it was being fetched (ETag " + planned.etag + ", now " + meta.etag +
+                                            "); run again");
       std::error_code ec;
       fs::create_directories(blob.parent_path(), ec);
       const fs::path part = cache.incomplete(meta.etag);
       bool started = false;
-      for (int attempt = 1;; ++attempt) {
+      bool fresh_url = true;  // no byte arrived since the URL was fetched: a refusal now is not an expiry
+      int attempt = 1;
+      for (;;) {
         int64_t offset = file_size_or_zero(part);
         if (meta.size >= 0 && offset > meta.size) {  // longer than the file: not a prefix of it
           fs::remove(part);
@@ -103,6 +112,7 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
               },
               [&](const char* data, std::size_t n) {
                 if (std::fwrite(data, 1, n, out.f) != n) return false;
+                fresh_url = false;
                 progress.advance(static_cast<int64_t>(n));
                 return true;
               });
@@ -118,28 +128,47 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
                         std::to_string(static_cast<int>(wait * 1000)) + " ms (attempt " + std::to_string(attempt + 1) + " of " +
                         std::to_string(s.download_attempts) + ")");
           std::this_thread::sleep_for(std::chrono::duration<double>(wait));
+          ++attempt;
           continue;
         }
         if (std::fflush(out.f) != 0 || std::ferror(out.f))
           throw Error(ExitCode::kFailure, "Hub cache: writing " + part.string() + " failed (disk full?)");
+        const std::string answered = res.url.empty() ? req.url : res.url;
+        // A storage URL (not on the endpoint) refused: its signature expired while we downloaded or waited.
+        // Ask the Hub for a fresh one and resume; once per URL that delivered bytes, so a storage that
+        // refuses every URL ends in an error instead of a loop.
+        if ((res.status == 401 || res.status == 403 || res.status == 410) && !api.on_endpoint(answered) && !fresh_url) {
+          progress.note("the storage URL of " + meta.path_in_repo + " was refused (HTTP " + std::to_string(res.status) +
+                        ", expired?); asking the Hub for a fresh one and resuming at " + human_bytes(file_size_or_zero(part)));
+          const FileMetadata again = api.file_metadata(ref, commit, meta.path_in_repo);
+          if (again.etag != meta.etag)
+            throw Error(ExitCode::kFailure, "Hub: " + what + " changed while it was being fetched (ETag " + meta.etag + ", now " +
+                                                again.etag + "); run again");
+          meta.download_url = again.download_url;
+          fresh_url = true;
+          continue;
+        }
         if (res.status == 416 && attempt < s.download_attempts) {  // our partial file is no prefix the server knows
           std::fclose(out.f);
           out.f = nullptr;
           fs::remove(part);
+          ++attempt;
           continue;
         }
         if (res.status >= 500 && attempt < s.download_attempts) {
           progress.note("HTTP " + std::to_string(res.status) + " for " + meta.path_in_repo + "; retrying");
           std::this_thread::sleep_for(std::chrono::duration<double>(s.retry_backoff_s));
+          ++attempt;
           continue;
         }
-        if (res.status != 200 && res.status != 206) api.throw_for_status(res, ref, commit, meta.path_in_repo, req.url);
+        if (res.status != 200 && res.status != 206) api.throw_for_status(res, ref, commit, meta.path_in_repo, answered);
         if (meta.size < 0) break;  // no size to check: the server said the body ended
         if (file_size_or_zero(part) >= meta.size) break;
         // A body that ended early without an error (a proxy cut it): resume like a dropped connection.
         if (attempt >= s.download_attempts)
           throw Error(ExitCode::kFailure, "Hub: " + what + ": the server ended the body at " + human_bytes(file_size_or_zero(part)) +
                                               " of " + human_bytes(meta.size) + "; kept in " + part.string() + " for the next run");
+        ++attempt;
       }
       verify(part, meta, what, meta.download_url);
       try {
@@ -150,7 +179,7 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
       if (started) progress.end_file();
     }
   }
-  cache.link_snapshot_file(commit, meta.path_in_repo, meta.etag);
+  cache.link_snapshot_file(commit, planned.path_in_repo, planned.etag);
 }
 
 }  // namespace qtrain::hub

@@ -14,7 +14,9 @@
 namespace qtrain::hub {
 
 // Makes blobs/<meta.etag> exist and be complete (downloading it unless another process did), then links
-// snapshots/<commit>/<meta.path_in_repo>. Throws Error naming the repo, file, URL and the kept partial
+// snapshots/<commit>/<meta.path_in_repo>. `meta` is the plan's; the download URL is asked for again just
+// before the bytes are fetched, and once more whenever the storage refuses a URL that had been working
+// (signed storage URLs expire: an hour on the Hub). Throws Error naming the repo, file, URL and the kept partial
 // file on failure.
 void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, const std::string& commit, const FileMetadata& meta,
                       DownloadProgress& progress);

@@ -24,6 +24,13 @@ std::string server_message(const HttpResponse& res) {
   if (const std::string m = res.header("x-error-message"); !m.empty()) return m;
   const auto j = nlohmann::json::parse(res.body, nullptr, false);
   if (j.is_object() && j.contains("error") && j["error"].is_string()) return j["error"].get<std::string>();
+  // S3 / CDN errors: <Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>.
+  const auto tag = [&](const std::string& name) {
+    const std::size_t a = res.body.find("<" + name + ">"), b = res.body.find("</" + name + ">");
+    return a != std::string::npos && b != std::string::npos && b > a ? res.body.substr(a + name.size() + 2, b - a - name.size() - 2)
+                                                                      : std::string();
+  };
+  if (const std::string m = tag("Message"); !m.empty()) return (tag("Code").empty() ? "" : tag("Code") + ": ") + m.substr(0, 200);
   std::string first = res.body.substr(0, res.body.find('\n'));
   if (first.size() > 200) first = first.substr(0, 200) + "...";
   return first;
@@ -65,6 +72,19 @@ std::vector<std::string> HubApi::auth_headers(const std::string& url) const {
 
 void HubApi::throw_for_status(const HttpResponse& res, const HubRef& ref, const std::string& revision,
                               const std::string& path_in_repo, const std::string& url) const {
+  if (!on_endpoint(url)) {
+    // Storage the Hub redirected to (a CDN or S3 with a signed URL): its 403 means an expired or refused
+    // signature, not a gated repository, and our token never went there. The query (the signature) is
+    // left out of the message.
+    const std::string bare = url.substr(0, url.find('?'));
+    const std::string msg = server_message(res);
+    const bool refused = res.status == 401 || res.status == 403 || res.status == 410;
+    throw Error(ExitCode::kFailure, "Hub: the storage server " + std::string(refused ? "refused" : "failed") + " the download of " +
+                                        to_string(ref.type) + " '" + ref.repo_id + "' file '" + path_in_repo + "' at revision '" +
+                                        revision + "' (HTTP " + std::to_string(res.status) + " from " + bare +
+                                        (msg.empty() ? "" : ": " + msg) + ")" +
+                                        (refused ? " even with a fresh download URL from the Hub" : "") + "; run again later");
+  }
   const std::string code = res.header("x-error-code");
   const std::string what = to_string(ref.type) + " repository '" + ref.repo_id + "'";
   const std::string msg = server_message(res);

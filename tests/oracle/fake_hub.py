@@ -61,6 +61,13 @@ class FakeHub:
         self.drop = {}           # sha256 -> [remaining drops, bytes sent before dropping]
         self.throttle_s = 0.0
         self.log = []
+        self.auth_log = []       # (method, path, Authorization header or None) of every request
+        # Signed storage URLs: when cdn_token_uses is a number, each 302 to /cdn carries a fresh token good for
+        # that many GETs; a used-up or missing token gets 403 AccessDenied "Request has expired", as S3 answers
+        # an X-Amz-Expires URL after its time. None: /cdn needs no token.
+        self.cdn_token_uses = None
+        self.tokens = {}
+        self.cdn_refusals = 0
         self.lock = threading.Lock()
         hub = self
 
@@ -126,12 +133,14 @@ class FakeHub:
         path = unquote(urlsplit(h.path).path)
         with self.lock:
             self.log.append((h.command, path, h.headers.get("Range")))
+            self.auth_log.append((h.command, path, h.headers.get("Authorization")))
         parts = path.strip("/").split("/")
         try:
             if parts[0] == "api" and len(parts) >= 6 and parts[4] in ("revision", "tree"):
                 return self.api(h, parts, head)
             if parts[0] == "cdn" and len(parts) == 2:
-                return self.cdn(h, parts[1], head)
+                query = urlsplit(h.path).query
+                return self.cdn(h, parts[1], head, query[6:] if query.startswith("token=") else None)
             kind = "dataset" if parts[0] == "datasets" else "model"
             if kind == "dataset":
                 parts = parts[1:]
@@ -183,16 +192,33 @@ class FakeHub:
             # Another host name for the same loopback server, as the Hub redirects to its CDN: clients stop at
             # this response for the metadata (huggingface_hub follows same-host redirects only) and drop the token.
             cdn = self.url.replace("127.0.0.1", "localhost")
-            self.send(h, 302, {**common, "Location": f"{cdn}/cdn/{sha}", "ETag": f'"{git_blob_sha1(data)}"',
+            location = f"{cdn}/cdn/{sha}"
+            if self.cdn_token_uses is not None:
+                with self.lock:
+                    token = f"t{len(self.tokens)}"
+                    self.tokens[token] = self.cdn_token_uses
+                location += f"?token={token}"
+            self.send(h, 302, {**common, "Location": location, "ETag": f'"{git_blob_sha1(data)}"',
                                "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))}, b"", head)
         else:
             self.send(h, 200, {**common, "ETag": f'"{repo.etag(file)}"', "Content-Type": "application/octet-stream"}, data, head)
 
-    def cdn(self, h, sha, head):
+    def cdn(self, h, sha, head, token):
         data = self.blobs.get(sha)
         if data is None:
             self.error(h, 404, "NotFound", "no such blob", head)
             return
+        if self.cdn_token_uses is not None and not head:
+            with self.lock:
+                ok = self.tokens.get(token, 0) > 0
+                if ok:
+                    self.tokens[token] -= 1
+                else:
+                    self.cdn_refusals += 1
+            if not ok:
+                body = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+                self.send(h, 403, {"Content-Type": "application/xml"}, body)
+                return
         start, status, headers = 0, 200, {"ETag": f'"{sha}"', "Accept-Ranges": "bytes"}
         rng = h.headers.get("Range")
         if rng and rng.startswith("bytes=") and rng.endswith("-"):

@@ -347,3 +347,35 @@ def test_a_listing_that_names_paths_outside_the_repo_is_refused(qtrain_bin, hub,
     hub.add("dataset", repo_id, {"train.jsonl": rows})
     r = dry_run(qtrain_bin, env_for(hub, cache), tmp_path, f"data.files=[{repo_id}]")
     assert r.returncode == 0 and "64 records" in r.stderr, r.stderr
+
+
+def test_an_expired_storage_url_is_renewed_and_the_download_resumes(qtrain_bin, hub, tmp_path):
+    # Each storage URL works for one GET: the connection drops at 300 kB, the resume with the same URL gets
+    # 403 (expired), qtrain asks the Hub for a fresh URL and resumes; a gated-repo message would be wrong.
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    hub.cdn_token_uses, hub.cdn_refusals = 1, 0
+    hub.drop[sha] = [1, 300_000]
+    hub.log.clear()
+    try:
+        r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL)
+    finally:
+        hub.cdn_token_uses = None
+        hub.drop.pop(sha, None)
+    assert r.returncode == 0, r.stderr
+    assert hub.cdn_refusals == 1 and "storage URL of model.safetensors was refused" in r.stderr, r.stderr
+    assert "gated" not in r.stderr
+    ranges = [rng for m, p, rng in hub.log if m == "GET" and p == f"/cdn/{sha}"]
+    assert ranges[0] is None and all(int(x[6:-1]) >= 300_000 for x in ranges[1:]) and len(ranges) == 3, ranges
+    blob = tmp_path / "cache" / "models--huggyllama--llama-7b" / "blobs" / sha
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
+
+
+def test_a_storage_that_refuses_every_url_is_no_gated_repo(qtrain_bin, hub, tmp_path):
+    hub.cdn_token_uses = 0  # every storage URL is dead on arrival
+    try:
+        r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache", HF_TOKEN=TOKEN), "inspect", MODEL)
+    finally:
+        hub.cdn_token_uses = None
+    assert r.returncode == 1, r.stderr
+    assert "storage server refused" in r.stderr and "HTTP 403" in r.stderr and "Request has expired" in r.stderr, r.stderr
+    assert "gated" not in r.stderr and "login" not in r.stderr and "token=" not in r.stderr, r.stderr

@@ -58,9 +58,20 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
   const HubSettings& s = api.settings();
   const fs::path blob = cache.blob(planned.etag);
   const std::string what = describe(ref, commit, planned.path_in_repo);
-  if (!fs::exists(blob)) {
+  // An existing blob is trusted only at the size the Hub gives (a torn or foreign file is fetched again;
+  // its sha256 is not recomputed on every run: a 10 GB shard would take a minute).
+  const auto complete = [&](int64_t size) {
+    std::error_code ec;
+    if (!fs::exists(blob, ec)) return false;
+    const auto have = static_cast<int64_t>(fs::file_size(blob, ec));
+    if (ec || size < 0 || have == size) return !ec;
+    progress.note("the cached " + blob.string() + " of " + planned.path_in_repo + " has " + std::to_string(have) + " bytes, the Hub says " +
+                  std::to_string(size) + ": downloading it again");
+    return false;
+  };
+  if (!complete(planned.size)) {
     BlobLock lock(cache.lock_file(planned.etag), [&] { progress.note("waiting: another process is downloading " + planned.path_in_repo); });
-    if (!fs::exists(blob)) {  // the process we waited for may have finished it
+    if (!complete(planned.size)) {  // the process we waited for may have finished it
       // The download URL of an LFS file is a signed storage URL that expires (X-Amz-Expires=3600 on the
       // Hub's): ask for it now, just before the bytes are fetched, not when the snapshot was planned
       // (later shards of a slow download would start with a dead URL), and again when it dies mid-file.
@@ -70,7 +81,10 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
                                             "); run again");
       std::error_code ec;
       fs::create_directories(blob.parent_path(), ec);
-      const fs::path part = cache.incomplete(meta.etag);
+      // This process's own partial file (never shared with another writer), holding any abandoned partial
+      // an earlier run left (taken over by rename: only one process gets it).
+      const fs::path part = cache.own_partial(meta.etag);
+      cache.take_over_partial(meta.etag);
       bool started = false;
       bool fresh_url = true;  // no byte arrived since the URL was fetched: a refusal now is not an expiry
       int attempt = 1;

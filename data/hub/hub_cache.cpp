@@ -1,6 +1,12 @@
 #include "data/hub/hub_cache.h"
 
+#include <signal.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
 
 #include <fstream>
 #include <random>
@@ -17,7 +23,72 @@ namespace {
 std::string unique_suffix() {
   return std::to_string(::getpid()) + "." + std::to_string(std::random_device{}());
 }
+// 8 hex digits of the host name (FNV-1a): partial names say which host's process writes them.
+std::string host_tag() {
+  char name[HOST_NAME_MAX + 1] = {0};
+  ::gethostname(name, sizeof name - 1);
+  uint32_t h = 2166136261u;
+  for (const char* p = name; *p; ++p) h = (h ^ static_cast<unsigned char>(*p)) * 16777619u;
+  char buf[9];
+  std::snprintf(buf, sizeof buf, "%08x", h);
+  return buf;
+}
+
+constexpr auto kAbandonedAfter = std::chrono::minutes(10);
+
 }  // namespace
+
+fs::path HubCache::own_partial(const std::string& etag) const {
+  return repo_dir_ / "blobs" / (etag + ".qtrain-" + host_tag() + "-" + std::to_string(::getpid()) + ".incomplete");
+}
+
+int64_t HubCache::take_over_partial(const std::string& etag) const {
+  const fs::path mine = own_partial(etag);
+  std::error_code ec;
+  if (fs::exists(mine, ec)) return static_cast<int64_t>(fs::file_size(mine, ec));  // a dead process with our pid left it
+  const std::string suffix = ".incomplete", ours = ".qtrain-" + host_tag() + "-";
+  struct Candidate {
+    fs::path path;
+    uintmax_t size;
+  };
+  std::vector<Candidate> abandoned;
+  for (auto it = fs::directory_iterator(repo_dir_ / "blobs", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    // <etag>.incomplete, <etag>.qtrain-<host>-<pid>.incomplete, <etag>.<uuid8>.incomplete
+    if (name.size() < etag.size() + suffix.size() || name.compare(0, etag.size(), etag) != 0 || name[etag.size()] != '.' ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string middle = name.substr(etag.size(), name.size() - etag.size() - suffix.size());  // "", ".qtrain-h-pid", ".uuid8"
+    bool dead = middle.empty();  // the shared <etag>.incomplete: writers of it take the lock we hold
+    if (!dead && middle.rfind(ours, 0) == 0) {
+      try {
+        const long pid = std::stol(middle.substr(ours.size()));
+        dead = ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH;
+      } catch (const std::exception&) {
+      }
+    }
+    std::error_code e2;
+    if (!dead) {
+      const auto mtime = fs::last_write_time(it->path(), e2);
+      dead = !e2 && fs::file_time_type::clock::now() - mtime > kAbandonedAfter;
+    }
+    if (dead) abandoned.push_back({it->path(), fs::file_size(it->path(), e2)});
+  }
+  std::sort(abandoned.begin(), abandoned.end(), [](const Candidate& a, const Candidate& b) { return a.size > b.size; });
+  int64_t taken = 0;
+  for (const auto& c : abandoned) {
+    std::error_code e2;
+    if (taken == 0 && !fs::exists(mine, e2)) {
+      fs::rename(c.path, mine, e2);  // atomic: a second process renaming the same file gets ENOENT
+      if (!e2) {
+        taken = static_cast<int64_t>(fs::file_size(mine, e2));
+        continue;
+      }
+    }
+    fs::remove(c.path, e2);  // shorter than the one taken over, or already gone
+  }
+  return taken;
+}
 
 HubCache::HubCache(fs::path root, RepoType type, std::string repo_id)
     : root_(fs::absolute(root)), type_(type), repo_id_(std::move(repo_id)), repo_dir_(root_ / folder_name(type_, repo_id_)) {}

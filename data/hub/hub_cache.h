@@ -1,8 +1,16 @@
-// The Hugging Face cache layout, exactly as huggingface_hub writes and reads it, so a file downloaded
-// by qtrain is found by transformers and the reverse:
+// The Hugging Face cache layout huggingface_hub writes and reads (blobs, snapshots, refs, locks are the
+// same, so a file downloaded by qtrain is found by transformers and the reverse); only the names of
+// partial downloads are qtrain's own:
 //   <cache>/models--org--name/                 (datasets--org--name for a dataset repo)
 //     blobs/<etag>                             the content; etag = sha256 (LFS files) or git blob sha1
-//     blobs/<etag>.incomplete                  a download in progress (qtrain resumes it with a Range request)
+//     blobs/<etag>.qtrain-<host>-<pid>.incomplete   this process's partial download. Per process, like
+//                                              huggingface_hub 2.4's <etag>.<uuid8>.incomplete: where flock
+//                                              silently "succeeds" (some network file systems) two writers
+//                                              never share a file. Unlike huggingface_hub, which deletes its
+//                                              partial on failure, qtrain keeps it and the next run takes it
+//                                              over by rename (one process wins): a partial of a dead process
+//                                              of this host, the shared blobs/<etag>.incomplete of older
+//                                              versions, or any other partial unchanged for 10 minutes.
 //     snapshots/<commit>/<path/in/repo>        relative symlink ../../blobs/<etag> (deeper for nested paths)
 //     refs/<revision>                          the commit a branch or tag pointed to, no newline
 //   <cache>/.locks/models--org--name/<etag>.lock   flock(2) held while a blob is written (filelock's)
@@ -27,6 +35,12 @@ class HubCache {
   const std::filesystem::path& repo_dir() const { return repo_dir_; }
   std::filesystem::path blob(const std::string& etag) const { return repo_dir_ / "blobs" / etag; }
   std::filesystem::path incomplete(const std::string& etag) const { return repo_dir_ / "blobs" / (etag + ".incomplete"); }
+  // This process's partial download of a blob (see above).
+  std::filesystem::path own_partial(const std::string& etag) const;
+  // Under the blob's lock: makes own_partial(etag) hold the longest abandoned partial of that blob (renamed,
+  // so only one process gets it) and deletes the other abandoned ones; a partial that another live process
+  // may still write is left alone. Returns the size taken over (0: none).
+  int64_t take_over_partial(const std::string& etag) const;
   std::filesystem::path snapshot_dir(const std::string& commit) const { return repo_dir_ / "snapshots" / commit; }
   // snapshots/<commit>/<path>. Throws Error when `path_in_repo` is no relative path inside the repository
   // (valid_path_in_repo) or would not stay under the snapshot folder: names come from the server.

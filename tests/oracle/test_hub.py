@@ -5,6 +5,7 @@ they should. No request leaves 127.0.0.1."""
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -223,23 +224,76 @@ def test_dropped_connection_resumes_in_the_same_run(qtrain_bin, hub, tmp_path):
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == sha
 
 
+def host_tag():
+    """qtrain's partial-file host tag: FNV-1a of the host name, 8 hex digits (data/hub/hub_cache.cpp)."""
+    h = 2166136261
+    for c in socket.gethostname().encode():
+        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
+    return f"{h:08x}"
+
+
 def test_interrupted_download_is_kept_and_the_next_run_resumes(qtrain_bin, hub, tmp_path):
     sha = blob_sha(hub, MODEL, "model.safetensors")
     cache = tmp_path / "cache"
-    part = cache / "models--huggyllama--llama-7b" / "blobs" / f"{sha}.incomplete"
+    blobs = cache / "models--huggyllama--llama-7b" / "blobs"
     hub.drop[sha] = [1, 400_000]
     r = qtrain(qtrain_bin, env_for(hub, cache, QTRAIN_HUB_DOWNLOAD_ATTEMPTS=1), "inspect", MODEL)
     hub.drop.pop(sha, None)
     assert r.returncode == 1, r.stderr
+    # The partial file is the process's own (never shared by two writers), named in the error.
+    parts = list(blobs.glob(f"{sha}.qtrain-{host_tag()}-*.incomplete"))
+    assert len(parts) == 1, list(blobs.iterdir())
+    part = parts[0]
     assert "model.safetensors" in r.stderr and str(part) in r.stderr and "resumes" in r.stderr, r.stderr
     assert part.stat().st_size == 400_000
-    assert not (part.parent / sha).exists()
+    assert not (blobs / sha).exists()
     hub.log.clear()
     r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", MODEL)
     assert r.returncode == 0, r.stderr
+    # The next process (its writer is dead) takes the partial over and resumes it.
     assert [rng for m, p, rng in hub.log if p == f"/cdn/{sha}" and m == "GET"] == ["bytes=400000-"]
-    assert not part.exists()
-    assert hashlib.sha256((part.parent / sha).read_bytes()).hexdigest() == sha
+    assert not list(blobs.glob("*.incomplete"))
+    assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha
+
+
+def test_partials_of_older_versions_are_taken_over_and_live_ones_left_alone(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    data = hub.blobs[sha]
+    cache = tmp_path / "cache"
+    blobs = cache / "models--huggyllama--llama-7b" / "blobs"
+    blobs.mkdir(parents=True)
+    # The shared <etag>.incomplete that older qtrain and huggingface_hub versions wrote under the lock.
+    (blobs / f"{sha}.incomplete").write_bytes(data[:300_000])
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert [rng for m, p, rng in hub.log if p == f"/cdn/{sha}" and m == "GET"] == ["bytes=300000-"]
+    assert not list(blobs.glob("*.incomplete"))
+    assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha
+    # A partial that a live process of this host writes (this test's own pid) is never taken: a fresh download.
+    cache2 = tmp_path / "cache2"
+    blobs2 = cache2 / "models--huggyllama--llama-7b" / "blobs"
+    blobs2.mkdir(parents=True)
+    live = blobs2 / f"{sha}.qtrain-{host_tag()}-{os.getpid()}.incomplete"
+    live.write_bytes(b"x" * 200_000)
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, cache2), "inspect", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert [rng for m, p, rng in hub.log if p == f"/cdn/{sha}" and m == "GET"] == [None]
+    assert live.read_bytes() == b"x" * 200_000
+    assert hashlib.sha256((blobs2 / sha).read_bytes()).hexdigest() == sha
+
+
+def test_a_cached_blob_of_the_wrong_size_is_fetched_again(qtrain_bin, hub, tmp_path):
+    sha = blob_sha(hub, MODEL, "model.safetensors")
+    blobs = tmp_path / "cache" / "models--huggyllama--llama-7b" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / sha).write_bytes(hub.blobs[sha][:1000])  # a torn blob (another process's partial published)
+    hub.log.clear()
+    r = qtrain(qtrain_bin, env_for(hub, tmp_path / "cache"), "inspect", MODEL)
+    assert r.returncode == 0, r.stderr
+    assert "has 1000 bytes, the Hub says" in r.stderr, r.stderr
+    assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha
 
 
 def test_two_concurrent_processes_make_one_intact_blob(qtrain_bin, hub, tmp_path):

@@ -94,7 +94,11 @@ void fetch_into_cache(HubApi& api, const HubCache& cache, const HubRef& ref, con
           fs::remove(part);
           offset = 0;
         }
-        if (meta.size >= 0 && offset == meta.size) break;  // an earlier run got every byte
+        if (meta.size >= 0 && offset == meta.size) {  // an earlier run got every byte, or the file is empty
+          if (offset == 0)
+            if (std::FILE* f = std::fopen(part.c_str(), "wb")) std::fclose(f);
+          break;
+        }
         if (!started) {
           if (offset > 0) progress.note("resuming " + meta.path_in_repo + " at " + human_bytes(offset) + " (" + part.string() + ")");
           progress.start_file(meta.path_in_repo, meta.size, offset);

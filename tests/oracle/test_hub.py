@@ -296,6 +296,20 @@ def test_a_cached_blob_of_the_wrong_size_is_fetched_again(qtrain_bin, hub, tmp_p
     assert hashlib.sha256((blobs / sha).read_bytes()).hexdigest() == sha
 
 
+def test_an_empty_file_is_downloaded(qtrain_bin, hub, tiny_model, tmp_path):
+    files = {p.name: p for p in sorted(tiny_model.iterdir()) if p.is_file()}
+    files["chat_template.jinja"] = b""          # empty, served from the resolve URL
+    files["quantize_config.json"] = b""         # empty too
+    hub.add("model", "tiny-org/with-empty", files)
+    cache = tmp_path / "cache"
+    r = qtrain(qtrain_bin, env_for(hub, cache), "inspect", "tiny-org/with-empty")
+    assert "cannot publish" not in r.stderr, r.stderr
+    snap = next((cache / "models--tiny-org--with-empty" / "snapshots").iterdir())
+    assert (snap / "chat_template.jinja").read_bytes() == b""
+    assert (snap / "quantize_config.json").read_bytes() == b""
+    assert not list((cache / "models--tiny-org--with-empty" / "blobs").glob("*.incomplete"))
+
+
 def test_two_concurrent_processes_make_one_intact_blob(qtrain_bin, hub, tmp_path):
     sha = blob_sha(hub, MODEL, "model.safetensors")
     cache = tmp_path / "cache"

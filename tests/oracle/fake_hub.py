@@ -9,8 +9,8 @@ It serves the endpoints qtrain and huggingface_hub use, with the Hub's headers:
 Errors as the Hub sends them (status + X-Error-Code + X-Error-Message): 404 RepositoryNotFound /
 RevisionNotFound / EntryNotFound, 401 GatedRepo for a gated repo without the right Bearer token.
 Faults, set by a test on the running server: `drop[sha256] = [n, bytes]` makes the next n GETs of that blob
-send `bytes` bytes and then close the connection; `throttle_s` sleeps between 64 KiB chunks (so two
-downloads overlap); `log` records (method, path, Range header) of every request.
+send `bytes` bytes and then close the connection; `throttle_s` sleeps between 64 KiB chunks; `gate_sha`
+holds the first GET of that blob until the test sets `gate_open` (two processes overlap without timing); `log` records (method, path, Range header) of every request.
 
 Run alone (e.g. for `qtrain recipes/guanaco.yaml --dry-run` against it):
   python tests/oracle/fake_hub.py --port 8765 --model huggyllama/llama-7b=../shared/data/models/llama2c-xs-tok512-hf \
@@ -68,6 +68,13 @@ class FakeHub:
         self.cdn_token_uses = None
         self.tokens = {}
         self.cdn_refusals = 0
+        # A gate on one blob: the first GET of /cdn/<sha> waits (holding the client's blob lock) until the test
+        # sets `gate_open` or gate_timeout_s passes; `gate_held` says a GET reached it, `gate_timed_out` how it ended.
+        self.gate_sha = None
+        self.gate_open = threading.Event()
+        self.gate_held = threading.Event()
+        self.gate_timeout_s = 120.0
+        self.gate_timed_out = None
         self.lock = threading.Lock()
         hub = self
 
@@ -236,6 +243,9 @@ class FakeHub:
         h.end_headers()
         if head:
             return
+        if sha == self.gate_sha and not self.gate_held.is_set():
+            self.gate_held.set()
+            self.gate_timed_out = not self.gate_open.wait(self.gate_timeout_s)
         cut = None
         with self.lock:
             d = self.drop.get(sha)

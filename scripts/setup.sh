@@ -26,7 +26,9 @@ done_() { printf ' %s (%ds)\n' "$1" $(( $(date +%s) - t0 )); }
 debs=(build-essential cmake ninja-build ccache pkg-config python3-venv
       libboost-program-options-dev libhdf5-dev libgtest-dev libgmock-dev libyaml-cpp-dev
       nlohmann-json3-dev libsentencepiece-dev libpcre2-dev
-      libcurl4-openssl-dev   # Hub downloads (data/hub): libcurl, and OpenSSL's libcrypto for sha256 checks
+      libcurl4-openssl-dev   # Hub downloads (data/hub): libcurl over HTTPS
+      libssl-dev             # OpenSSL's libcrypto headers for the sha256 checks (libcurl4-openssl-dev only Suggests it)
+      ca-certificates        # the CA bundle libcurl verifies huggingface.co with (libcurl4 only Recommends it)
       libgloo-dev   # headers for c10d's ProcessGroupGloo (multi-process training on the CPU); the code is in libtorch
       clang libclang-rt-14-dev llvm)   # clang + libFuzzer/ASan runtimes + llvm-symbolizer: scripts/fuzz.sh
 step "Debian packages"

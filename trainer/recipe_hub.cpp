@@ -59,4 +59,18 @@ Recipe resolve_hub_ids(const Recipe& r, const hub::HubSettings& settings, const 
   return out;
 }
 
+Recipe resolve_hub_ids(const Recipe& r, const hub::HubLog& log, const HubResolveOptions& options, const hub::EnvLookup& env) {
+  if (!recipe_uses_hub(r)) return r;
+  const hub::HubSettings settings = hub::hub_settings_logged(log, env);
+  if (!options.model_config_only) return resolve_hub_ids(r, settings, log);
+  Recipe out = r;
+  const std::string model = r.model.path.string();
+  const std::string where = r.source.string() + ": model.path '" + model + "'";
+  if (const auto ref = with_context(where, [&] { return hub::model_ref_for(model, "model.path", r.model.create_if_missing); })) {
+    out.as_written = WrittenPaths{r.model.path, r.data.files, r.data.eval_files};
+    out.model.path = with_context(where, [&] { return hub::resolve_model(*ref, settings, log, {"config.json"}); });
+  }
+  return out;
+}
+
 }  // namespace qtrain

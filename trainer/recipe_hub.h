@@ -18,4 +18,12 @@ bool recipe_uses_hub(const Recipe& r);
 // Errors name the recipe file and the key: "recipe.yaml: model.path 'org/name': Hub: ...".
 Recipe resolve_hub_ids(const Recipe& r, const hub::HubSettings& settings, const hub::HubLog& log);
 
+struct HubResolveOptions {
+  bool model_config_only = false;  // `qtrain plan`: model.path gets config.json only, data ids stay as written
+};
+// The same, with the settings read from `env` only when the recipe uses a Hub id (a recipe of local paths
+// never reads them, so a malformed HF_HUB_ETAG_TIMEOUT cannot stop it).
+Recipe resolve_hub_ids(const Recipe& r, const hub::HubLog& log, const HubResolveOptions& options = {},
+                       const hub::EnvLookup& env = hub::process_env());
+
 }  // namespace qtrain

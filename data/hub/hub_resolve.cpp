@@ -35,8 +35,14 @@ std::optional<HubRef> data_ref_for(const std::string& written, const std::string
 
 HubLog stderr_log() { return HubLog{std::cerr, ::isatty(STDERR_FILENO) == 1}; }
 
-fs::path resolve_model(const HubRef& ref, const HubSettings& settings, const HubLog& log) {
-  return fetch_snapshot(ref, settings, log.out, log.terminal).dir;
+HubSettings hub_settings_logged(const HubLog& log, const EnvLookup& env) {
+  HubSettings s = hub_settings_from_env(env);
+  for (const auto& w : s.warnings) log.out << "[hub] warning: " << w << "\n";
+  return s;
+}
+
+fs::path resolve_model(const HubRef& ref, const HubSettings& settings, const HubLog& log, const std::vector<std::string>& only) {
+  return fetch_snapshot(ref, settings, log.out, log.terminal, only).dir;
 }
 
 std::vector<fs::path> resolve_data(const HubRef& ref, const HubSettings& settings, const HubLog& log) {

@@ -32,8 +32,14 @@ struct HubLog {
 };
 HubLog stderr_log();
 
-// The snapshot directory of a model reference (downloading what is missing).
-std::filesystem::path resolve_model(const HubRef& ref, const HubSettings& settings, const HubLog& log);
+// The settings from the environment, their warnings (a malformed timeout replaced by its default) printed
+// to `log`. Called only once a Hub id is actually used.
+HubSettings hub_settings_logged(const HubLog& log, const EnvLookup& env = process_env());
+
+// The snapshot directory of a model reference (downloading what is missing). `only`: just these files
+// (`qtrain plan` needs config.json, not the weights); empty: what a model needs (hub_snapshot.h).
+std::filesystem::path resolve_model(const HubRef& ref, const HubSettings& settings, const HubLog& log,
+                                    const std::vector<std::string>& only = {});
 // The local files of a data reference: one named file, or the repository's data files (hub_snapshot.h).
 std::vector<std::filesystem::path> resolve_data(const HubRef& ref, const HubSettings& settings, const HubLog& log);
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 
@@ -31,7 +32,7 @@ bool truthy(const std::optional<std::string>& v) {
   return u == "1" || u == "ON" || u == "YES" || u == "TRUE";
 }
 
-double seconds(const EnvLookup& env, const std::string& name, double fallback) {
+double seconds(const EnvLookup& env, const std::string& name, double fallback, std::vector<std::string>& warnings) {
   const auto v = non_empty(env, name);
   if (!v) return fallback;
   try {
@@ -40,7 +41,11 @@ double seconds(const EnvLookup& env, const std::string& name, double fallback) {
     if (used == v->size() && s > 0) return s;
   } catch (const std::exception&) {
   }
-  throw UsageError(name + "='" + *v + "': expected a positive number of seconds");
+  char def[32];
+  std::snprintf(def, sizeof def, "%g s", fallback);
+  warnings.push_back(name + "='" + *v + "' is not a positive number of seconds; using the default" +
+                     (fallback > 0 ? std::string(" ") + def : std::string("s (10 s to connect, 30 s of stall)")));
+  return fallback;
 }
 
 std::string trim(std::string s) {
@@ -89,17 +94,22 @@ HubSettings hub_settings_from_env(const EnvLookup& env) {
   }
   if (s.token && s.token->empty()) s.token.reset();
 
-  s.offline = truthy(env("HF_HUB_OFFLINE")) || truthy(env("TRANSFORMERS_OFFLINE"));
-  s.metadata_timeout_s = seconds(env, "HF_HUB_ETAG_TIMEOUT", s.metadata_timeout_s);
-  if (non_empty(env, "HF_HUB_DOWNLOAD_TIMEOUT"))
-    s.connect_timeout_s = s.stall_timeout_s = seconds(env, "HF_HUB_DOWNLOAD_TIMEOUT", s.connect_timeout_s);
+  auto offline = non_empty(env, "HF_HUB_OFFLINE");
+  if (!offline) offline = non_empty(env, "TRANSFORMERS_OFFLINE");
+  s.offline = truthy(offline);
+  s.metadata_timeout_s = seconds(env, "HF_HUB_ETAG_TIMEOUT", s.metadata_timeout_s, s.warnings);
+  if (non_empty(env, "HF_HUB_DOWNLOAD_TIMEOUT")) {
+    const double t = seconds(env, "HF_HUB_DOWNLOAD_TIMEOUT", -1, s.warnings);
+    if (t > 0) s.connect_timeout_s = s.stall_timeout_s = t;
+  }
   if (const auto v = non_empty(env, "QTRAIN_HUB_DOWNLOAD_ATTEMPTS")) {
     try {
       std::size_t used = 0;
       s.download_attempts = std::stoi(*v, &used);
       if (used != v->size() || s.download_attempts < 1) throw std::invalid_argument("range");
     } catch (const std::exception&) {
-      throw UsageError("QTRAIN_HUB_DOWNLOAD_ATTEMPTS='" + *v + "': expected a positive integer");
+      s.download_attempts = 5;
+      s.warnings.push_back("QTRAIN_HUB_DOWNLOAD_ATTEMPTS='" + *v + "' is not a positive integer; using the default 5");
     }
   }
   return s;

@@ -6,7 +6,8 @@
 //   endpoint  HF_ENDPOINT (default https://huggingface.co), trailing '/' removed
 //   token     HF_TOKEN (or the legacy HUGGING_FACE_HUB_TOKEN), else the file HF_TOKEN_PATH, else $HF_HOME/token
 //             (what `huggingface-cli login` / `hf auth login` writes)
-//   offline   HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) in 1/ON/YES/TRUE: the cache only, no request at all
+//   offline   HF_HUB_OFFLINE, or when it is unset or empty TRANSFORMERS_OFFLINE (huggingface_hub's
+//             `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE`), in 1/ON/YES/TRUE: the cache only, no request at all
 //   timeouts  HF_HUB_ETAG_TIMEOUT (metadata requests, default 10 s), HF_HUB_DOWNLOAD_TIMEOUT (connecting and
 //             the longest stall while downloading; default 10 s to connect and 30 s of stall: a stalled
 //             10 GB shard is cheaper to wait for a little than to restart)
@@ -17,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace qtrain::hub {
 
@@ -31,13 +33,15 @@ struct HubSettings {
   double stall_timeout_s = 30;         // abort a download that moved no byte for this long
   int download_attempts = 5;           // a dropped connection resumes (Range) this many times in all
   double retry_backoff_s = 1;          // first wait between attempts, doubled each time
+  std::vector<std::string> warnings;   // unusable values that were replaced by their defaults
 };
 
 // The environment as a function, so tests need not touch the process's own.
 using EnvLookup = std::function<std::optional<std::string>(const std::string& name)>;
 EnvLookup process_env();
 
-// Throws UsageError naming the variable for a malformed timeout.
+// Never throws: a malformed timeout or attempt count falls back to its default with a line in `warnings`
+// (read only when a Hub id is used, so a bad HF_HUB_ETAG_TIMEOUT never stops a recipe of local paths).
 HubSettings hub_settings_from_env(const EnvLookup& env = process_env());
 
 }  // namespace qtrain::hub

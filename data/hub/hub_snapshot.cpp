@@ -84,7 +84,18 @@ std::vector<std::string> list_snapshot(const fs::path& dir) {
 }
 
 // The snapshot the cache already has for ref, with every file chosen present. Throws naming what is missing.
-Snapshot cached_snapshot(const HubRef& ref, const HubCache& cache, const std::string& why) {
+// `only`: just these files (fetch_snapshot's). Throws UsageError when the listing lacks one of them.
+std::vector<std::string> only_files(const HubRef& ref, const std::vector<std::string>& listing, const std::vector<std::string>& only) {
+  for (const auto& f : only)
+    if (std::find(listing.begin(), listing.end(), f) == listing.end())
+      throw UsageError("Hub: " + to_string(ref.type) + " repository '" + ref.repo_id + "' (revision '" + ref.revision + "') has no " + f +
+                       " (it has " + join_some(listing) + ")");
+  std::vector<std::string> out = only;
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Snapshot cached_snapshot(const HubRef& ref, const HubCache& cache, const std::string& why, const std::vector<std::string>& only) {
   const std::string repo = to_string(ref.type) + " '" + ref.repo_id + "'";
   std::string commit = ref.revision;
   if (!is_commit_hash(commit)) {
@@ -108,7 +119,7 @@ Snapshot cached_snapshot(const HubRef& ref, const HubCache& cache, const std::st
   };
   std::vector<std::string> files;
   try {
-    files = choose_files(ref, listing);
+    files = only.empty() ? choose_files(ref, listing) : only_files(ref, listing, only);
   } catch (const UsageError& e) {
     throw Error(ExitCode::kFailure, std::string(e.what()) + " [" + why + ": looked in the cache only, " + s.dir.string() + "]");
   }
@@ -176,12 +187,13 @@ std::vector<std::string> choose_files(const HubRef& ref, const std::vector<std::
   return out;
 }
 
-Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ostream& log, bool log_is_terminal) {
+Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ostream& log, bool log_is_terminal,
+                        const std::vector<std::string>& only) {
   HubCache cache(settings.cache_dir, ref.type, ref.repo_id);
-  if (settings.offline) return cached_snapshot(ref, cache, "HF_HUB_OFFLINE is set");
+  if (settings.offline) return cached_snapshot(ref, cache, "HF_HUB_OFFLINE is set", only);
   if (is_commit_hash(ref.revision)) {  // a commit never changes: a complete cached copy needs no request
     try {
-      return cached_snapshot(ref, cache, "cache lookup");
+      return cached_snapshot(ref, cache, "cache lookup", only);
     } catch (const Error&) {
     }
   }
@@ -193,7 +205,7 @@ Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ost
   } catch (const NetworkError& e) {
     // huggingface_hub's behaviour: no network, but a complete copy in the cache → use it, and say so.
     try {
-      Snapshot s = cached_snapshot(ref, cache, "the Hub is unreachable");
+      Snapshot s = cached_snapshot(ref, cache, "the Hub is unreachable", only);
       log << "[hub] " << settings.endpoint << " is unreachable (" << e.what() << "); using the cached " << ref.display() << " at commit "
           << s.commit << "\n";
       return s;
@@ -205,7 +217,7 @@ Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ost
   }
   const std::string commit = info.commit;
   try {
-    std::vector<std::string> files = choose_files(ref, info.files);
+    std::vector<std::string> files = only.empty() ? choose_files(ref, info.files) : only_files(ref, info.files, only);
     std::vector<FileMetadata> todo;
     // A file whose snapshot link already resolves is complete (blobs only ever appear whole): no request.
     const auto plan = [&](const std::string& f) {

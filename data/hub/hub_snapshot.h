@@ -40,6 +40,8 @@ std::vector<std::string> shards_of_index(const std::string& index_json, const st
 
 // Resolves and fetches. `log` receives progress (DownloadProgress) and notes; `log_is_terminal` rewrites
 // lines in place. Throws UsageError / Error as described in hub_api.h.
-Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ostream& log, bool log_is_terminal);
+// `only`: just these files of the repository (e.g. {"config.json"} for `qtrain plan`), not the choice above.
+Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ostream& log, bool log_is_terminal,
+                        const std::vector<std::string>& only = {});
 
 }  // namespace qtrain::hub

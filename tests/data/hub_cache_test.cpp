@@ -114,8 +114,19 @@ TEST(HubSettings, HuggingfaceHubPrecedence) {
   EXPECT_EQ(s.token_source, "HF_TOKEN");
   EXPECT_FALSE(hub_settings_from_env(env_of({{"HF_HUB_OFFLINE", "0"}})).offline);
   EXPECT_TRUE(hub_settings_from_env(env_of({{"TRANSFORMERS_OFFLINE", "1"}})).offline);
-  EXPECT_THROW(hub_settings_from_env(env_of({{"HF_HUB_ETAG_TIMEOUT", "soon"}})), UsageError);
-  EXPECT_THROW(hub_settings_from_env(env_of({{"QTRAIN_HUB_DOWNLOAD_ATTEMPTS", "0"}})), UsageError);
+  // huggingface_hub's precedence: `HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE`: a set HF_HUB_OFFLINE decides.
+  EXPECT_FALSE(hub_settings_from_env(env_of({{"HF_HUB_OFFLINE", "0"}, {"TRANSFORMERS_OFFLINE", "1"}})).offline);
+  EXPECT_TRUE(hub_settings_from_env(env_of({{"HF_HUB_OFFLINE", ""}, {"TRANSFORMERS_OFFLINE", "1"}})).offline);
+  // Unusable values fall back to the defaults with a warning, never an error.
+  s = hub_settings_from_env(env_of({{"HF_HUB_ETAG_TIMEOUT", "soon"}, {"HF_HUB_DOWNLOAD_TIMEOUT", "-3"}, {"QTRAIN_HUB_DOWNLOAD_ATTEMPTS", "0"}}));
+  EXPECT_EQ(s.metadata_timeout_s, 10);
+  EXPECT_EQ(s.connect_timeout_s, 10);
+  EXPECT_EQ(s.stall_timeout_s, 30);
+  EXPECT_EQ(s.download_attempts, 5);
+  ASSERT_EQ(s.warnings.size(), 3u);
+  EXPECT_NE(s.warnings[0].find("HF_HUB_ETAG_TIMEOUT='soon'"), std::string::npos) << s.warnings[0];
+  EXPECT_TRUE(hub_settings_from_env(env_of({{"HF_HUB_ETAG_TIMEOUT", "2.5"}})).warnings.empty());
+  EXPECT_EQ(hub_settings_from_env(env_of({{"HF_HUB_ETAG_TIMEOUT", "2.5"}})).metadata_timeout_s, 2.5);
 }
 
 TEST(HubSettings, TokenFileThatLoginWrites) {

@@ -374,7 +374,12 @@ def test_gated_repo_needs_a_token(qtrain_bin, hub, tmp_path):
     assert "gated or private" in r.stderr and "huggingface-cli login" in r.stderr and "HF_TOKEN" in r.stderr, r.stderr
     r = qtrain(qtrain_bin, env_for(hub, cache, HF_TOKEN="hf_wrong"), "inspect", "gated-org/tiny")
     assert r.returncode == 2 and "the token from HF_TOKEN was refused" in r.stderr, r.stderr
+    hub.auth_log.clear()
     assert qtrain(qtrain_bin, env_for(hub, cache, HF_TOKEN=TOKEN), "inspect", "gated-org/tiny").returncode == 0
+    # The token goes to the endpoint (the API and resolve requests) and never to the storage it redirects to.
+    assert any(a == f"Bearer {TOKEN}" for _, p, a in hub.auth_log if "/resolve/" in p), hub.auth_log
+    cdn = [(p, a) for _, p, a in hub.auth_log if p.startswith("/cdn/")]
+    assert cdn and all(a is None for _, a in cdn), cdn
     # The token file `huggingface-cli login` writes ($HF_HOME/token) works the same.
     cache2 = tmp_path / "cache2"
     env = env_for(hub, cache2)
@@ -470,3 +475,24 @@ def test_a_storage_that_refuses_every_url_is_no_gated_repo(qtrain_bin, hub, tmp_
     assert r.returncode == 1, r.stderr
     assert "storage server refused" in r.stderr and "HTTP 403" in r.stderr and "Request has expired" in r.stderr, r.stderr
     assert "gated" not in r.stderr and "login" not in r.stderr and "token=" not in r.stderr, r.stderr
+
+
+def test_plan_fetches_config_json_only(qtrain_bin, hub, tmp_path):
+    hub.log.clear()
+    cache = tmp_path / "cache"
+    r = qtrain(qtrain_bin, env_for(hub, cache, HF_HUB_ETAG_TIMEOUT="abc"), "plan", RECIPE, "--gpu-mem", "24GiB")
+    assert r.returncode == 0, r.stderr
+    assert "HF_HUB_ETAG_TIMEOUT='abc'" in r.stderr and "using the default" in r.stderr, r.stderr
+    fetched = {p.rsplit("/", 1)[-1] for m, p, _ in hub.log if "/resolve/" in p}
+    assert fetched == {"config.json"}, hub.log
+    assert not any(p.startswith("/cdn/") for _, p, _ in hub.log), hub.log
+    snap = next((cache / "models--huggyllama--llama-7b" / "snapshots").iterdir())
+    assert [p.name for p in snap.iterdir()] == ["config.json"]
+
+
+def test_a_bad_timeout_does_not_stop_a_recipe_of_local_paths(qtrain_bin, hub, tiny_model, shared_data, tmp_path):
+    data = shared_data / "datasets" / "guanaco-format" / "chinkara-open_qa.jsonl"
+    r = dry_run(qtrain_bin, env_for(hub, tmp_path / "cache", HF_HUB_ETAG_TIMEOUT="abc"), tmp_path,
+                f"model.path={tiny_model}", f"data.files=[{data}]")
+    assert r.returncode == 0, r.stderr
+    assert "HF_HUB_ETAG_TIMEOUT" not in r.stderr, r.stderr

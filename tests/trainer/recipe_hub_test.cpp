@@ -4,6 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
+
+#include "data/error.h"
 
 #include "trainer/config.h"
 #include "trainer/recipe_hub.h"
@@ -55,6 +58,43 @@ TEST(RecipeHub, ShippedRecipes) {
   const Recipe same = resolve_hub_ids(quick, hub::HubSettings{}, hub::HubLog{std::cerr});
   EXPECT_EQ(recipe_to_yaml(same), recipe_to_yaml(quick));
   EXPECT_FALSE(same.as_written);
+}
+
+TEST(RecipeHub, SettingsAreReadOnlyWhenAHubIdIsUsed) {
+  // A malformed HF_HUB_ETAG_TIMEOUT cannot stop a recipe of local paths: the environment is not even read.
+  const Recipe quick = load_recipe(fs::path(QTRAIN_SOURCE_DIR) / "recipes" / "quickstart.yaml");
+  int lookups = 0;
+  const hub::EnvLookup env = [&](const std::string& name) -> std::optional<std::string> {
+    ++lookups;
+    if (name == "HF_HUB_ETAG_TIMEOUT") return std::string("abc");
+    return std::nullopt;
+  };
+  std::ostringstream log;
+  const Recipe same = resolve_hub_ids(quick, hub::HubLog{log}, {}, env);
+  EXPECT_EQ(recipe_to_yaml(same), recipe_to_yaml(quick));
+  EXPECT_EQ(lookups, 0);
+  EXPECT_EQ(log.str(), "");
+  // With a Hub id the settings are read, and the bad value is a warning (offline here, so nothing is fetched
+  // and the error is the empty cache's).
+  test_tools::ScratchDir dir("recipe-hub-env");
+  const fs::path p = dir.path / "r.yaml";
+  std::ofstream(p) << "model:\n  path: huggyllama/llama-7b\ndata:\n  files: [hf://datasets/org/data/train.jsonl]\n";
+  const Recipe with_id = load_recipe(p);
+  const hub::EnvLookup offline = [&](const std::string& name) -> std::optional<std::string> {
+    if (name == "HF_HUB_ETAG_TIMEOUT") return std::string("abc");
+    if (name == "HF_HUB_OFFLINE") return std::string("1");
+    if (name == "HF_HUB_CACHE") return (dir.path / "cache").string();
+    return std::nullopt;
+  };
+  try {
+    resolve_hub_ids(with_id, hub::HubLog{log}, {}, offline);
+    ADD_FAILURE() << "an empty cache resolved offline";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("HF_HUB_OFFLINE"), std::string::npos) << e.what();
+  }
+  EXPECT_NE(log.str().find("[hub] warning: HF_HUB_ETAG_TIMEOUT='abc' is not a positive number of seconds; using the default 10 s"),
+            std::string::npos)
+      << log.str();
 }
 
 }  // namespace

@@ -44,7 +44,7 @@ DataJob job_from_options(const po::variables_map& vm, const std::string& verb) {
   if (vm.count("recipe")) {
     std::vector<std::string> sets;
     if (vm.count("set")) sets = vm["set"].as<std::vector<std::string>>();
-    const Recipe r = resolve_hub_ids(load_recipe(vm["recipe"].as<std::string>(), sets), hub::hub_settings_from_env(), hub::stderr_log());
+    const Recipe r = resolve_hub_ids(load_recipe(vm["recipe"].as<std::string>(), sets), hub::stderr_log());
     job.data = r.data;
     job.model = r.model.path;
     job.micro_batch_size = r.training.micro_batch_size;

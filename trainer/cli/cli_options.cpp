@@ -87,7 +87,7 @@ std::string resolve_model_arg(const std::string& arg, const std::string& option)
   const auto ref = hub::model_ref_for(arg, "--" + option);
   if (!ref) return arg;
   try {
-    return hub::resolve_model(*ref, hub::hub_settings_from_env(), hub::stderr_log()).string();
+    return hub::resolve_model(*ref, hub::hub_settings_logged(hub::stderr_log()), hub::stderr_log()).string();
   } catch (const Error& e) {
     throw Error(e.code(), "--" + option + " '" + arg + "': " + e.what());
   }

@@ -34,7 +34,8 @@ int run_plan(const std::vector<std::string>& args) {
   const auto vm = parse_verb(args, spec);
   if (!vm) return 0;
   if (device != "cuda" && device != "cpu") throw UsageError("--device: expected cuda or cpu, found '" + device + "'");
-  const Recipe r = resolve_hub_ids(load_recipe(recipe, sets), hub::hub_settings_from_env(), hub::stderr_log());
+  // A Hub model: config.json is all a plan reads (the weights are not downloaded).
+  const Recipe r = resolve_hub_ids(load_recipe(recipe, sets), hub::stderr_log(), {.model_config_only = true});
   const auto config = r.model.path / "config.json";
   if (!std::filesystem::is_regular_file(config))
     throw UsageError(recipe + ": model.path '" + r.model.path.string() + "' has no config.json to plan from");

@@ -42,7 +42,7 @@ int run_train(const std::vector<std::string>& args) {
   }
   // Hub ids (model.path: org/name, hf://datasets/... files) → snapshot paths in the HF cache, before the
   // quick start (which trains its tokenizer on data.files) and before train(); recipe_hash still sees the ids.
-  const Recipe r = resolve_hub_ids(written, hub::hub_settings_from_env(), hub::stderr_log());
+  const Recipe r = resolve_hub_ids(written, hub::stderr_log());
   if (r.model.create_if_missing && !std::filesystem::exists(r.model.path)) {
     if (launched_as_rank0()) {  // under torchrun / srun the other ranks wait for rank 0's model
       std::cerr << console_line(r.logging.console == "json", "quickstart: creating a small Llama and its tokenizer in " + r.model.path.string());

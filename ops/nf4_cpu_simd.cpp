@@ -30,6 +30,11 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define QTRAIN_NF4_X86 1
 #include <immintrin.h>
+// GCC 12's AVX-512 headers build some results from _mm256_undefined_si256() (cvtepi32_epi16, cvtps_ph,
+// castsi256_si512) and then warn that it "may be used uninitialized" where inlined: a false positive.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 namespace qtrain::ops::nf4_cpu {

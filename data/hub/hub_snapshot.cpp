@@ -190,8 +190,21 @@ std::vector<std::string> choose_files(const HubRef& ref, const std::vector<std::
 Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ostream& log, bool log_is_terminal,
                         const std::vector<std::string>& only) {
   HubCache cache(settings.cache_dir, ref.type, ref.repo_id);
-  if (settings.offline) return cached_snapshot(ref, cache, "HF_HUB_OFFLINE is set", only);
-  if (is_commit_hash(ref.revision)) {  // a commit never changes: a complete cached copy needs no request
+  // "Every data file of a dataset repo" is a question about the repository, not the cache: the cache holds
+  // what was downloaded before (perhaps one named file). Only the Hub's listing answers it; without the Hub
+  // the cache's files are used, and a note says so.
+  const bool whole_dataset = ref.type == RepoType::kDataset && ref.path_in_repo.empty() && only.empty();
+  const auto cached_list_note = [&](const Snapshot& s, const std::string& why) {
+    if (whole_dataset)
+      log << "[hub] note: " << why << ": the data files of " << ref.display() << " are the ones the cache holds (" << s.files.size()
+          << " in " << s.dir.string() << "); files of the repository never downloaded are not among them\n";
+  };
+  if (settings.offline) {
+    Snapshot s = cached_snapshot(ref, cache, "HF_HUB_OFFLINE is set", only);
+    cached_list_note(s, "HF_HUB_OFFLINE is set");
+    return s;
+  }
+  if (is_commit_hash(ref.revision) && !whole_dataset) {  // a commit never changes: a complete cached copy needs no request
     try {
       return cached_snapshot(ref, cache, "cache lookup", only);
     } catch (const Error&) {
@@ -208,6 +221,7 @@ Snapshot fetch_snapshot(const HubRef& ref, const HubSettings& settings, std::ost
       Snapshot s = cached_snapshot(ref, cache, "the Hub is unreachable", only);
       log << "[hub] " << settings.endpoint << " is unreachable (" << e.what() << "); using the cached " << ref.display() << " at commit "
           << s.commit << "\n";
+      cached_list_note(s, "the Hub is unreachable");
       return s;
     } catch (const Error&) {
     }

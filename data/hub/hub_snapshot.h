@@ -10,7 +10,8 @@
 // chat_template.jinja / .json), generation_config.json and quantize_config.json when present. Nothing
 // else: huggyllama/llama-7b also holds its weights as pytorch_model-*.bin, which qtrain never reads.
 //
-// What a dataset needs: the named file, or the repository's data files in a format qtrain reads
+// What a dataset needs: the named file, or the repository's data files in a format qtrain reads (from the
+// Hub's listing, even for a commit hash: the cache may hold only some of them; offline, the cached ones, said in a note)
 // (.jsonl, .json, .txt); when some of them are a train split by name ("train" between separators, as
 // the datasets library decides splits), only those.
 #pragma once

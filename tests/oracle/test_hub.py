@@ -496,3 +496,22 @@ def test_a_bad_timeout_does_not_stop_a_recipe_of_local_paths(qtrain_bin, hub, ti
                 f"model.path={tiny_model}", f"data.files=[{data}]")
     assert r.returncode == 0, r.stderr
     assert "HF_HUB_ETAG_TIMEOUT" not in r.stderr, r.stderr
+
+
+def test_a_whole_dataset_repo_is_listed_by_the_hub_not_by_the_cache(qtrain_bin, hub, tmp_path):
+    repo = hub.repos[("dataset", DATASET)]
+    cache = tmp_path / "cache"
+    pinned = f"{DATASET}@{repo.commit}"
+    # Only the eval file is cached (named alone earlier); the whole-repo reference at that commit must ask the Hub
+    # for the listing and fetch the train file, not train on the eval file that happens to be cached.
+    r = dry_run(qtrain_bin, env_for(hub, cache), tmp_path, f"data.files=[hf://datasets/{pinned}/openassistant_best_replies_eval.jsonl]")
+    assert r.returncode == 0, r.stderr
+    hub.log.clear()
+    r = dry_run(qtrain_bin, env_for(hub, cache), tmp_path, f"data.files=[{pinned}]")
+    assert r.returncode == 0, r.stderr
+    assert any("/api/datasets/" in p for _, p, _ in hub.log), hub.log
+    assert "64 records" in r.stderr, r.stderr
+    # Offline, the cache's files are all there is: said in a note.
+    r = dry_run(qtrain_bin, env_for(hub, cache, HF_HUB_OFFLINE="1"), tmp_path, f"data.files=[{pinned}]")
+    assert r.returncode == 0, r.stderr
+    assert "are the ones the cache holds" in r.stderr, r.stderr

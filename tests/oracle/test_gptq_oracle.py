@@ -246,9 +246,14 @@ def test_gptq_matches_reference_transcription(tmp_path, bits, group, sym, desc_a
     if sym:
         word = 0x77777777 if bits == 4 else 0x7F7F7F7F
         assert (ours["layer.qzeros"] == word).all()
-    # The dequantized layer is GPTQ's result; its layer-output error is below RTN's.
+    # The dequantized layer is GPTQ's result; its layer-output error is not above RTN's. GPTQ is greedy:
+    # without act-order the reference transcription itself loses to RTN on about 1 random case in 60, by
+    # at most 0.35 % (61 seeds per case, measured 2026-11-30; CI failed on seed 1374402311, 4-bit g32
+    # asym: 41506.6 vs 41389.7 with codes equal to the reference's). The codes checked above are the
+    # strict test; this bound only catches a grossly wrong error measure. The real-model tests
+    # (tests/export) check that GPTQ beats RTN.
     stats = ours["gptq.stats"]
-    assert stats[3] < stats[4], f"seed {seed}: GPTQ {stats[3]} vs RTN {stats[4]}"
+    assert stats[3] < 1.01 * stats[4], f"seed {seed}: GPTQ {stats[3]} vs RTN {stats[4]}"
     d = W - deq
     err = (d.double() @ H.double() * d.double()).sum().item()
     assert abs(err - stats[3].item()) <= 0.02 * stats[3].item() + 1e-6  # fp16 scales vs fp32 in the tool

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <sstream>
 
 #include "data/error.h"
@@ -158,35 +159,37 @@ MemoryPlan plan_memory(const PlanSettings& s, double device_bytes) {
   return p;
 }
 
-int64_t longest_fitting_context(PlanSettings s, double device_bytes) {
-  auto fits = [&](int64_t t) {
-    s.seq_len = t;
-    return plan_memory(s, device_bytes).peak <= device_bytes;
-  };
-  if (!fits(1)) return 0;
-  int64_t lo = 1, hi = 1;
-  while (hi < (int64_t{1} << 26) && fits(hi * 2)) hi *= 2;
-  hi *= 2;
-  while (hi - lo > 1) {  // lo fits, hi does not (or is past the search range)
-    const int64_t mid = lo + (hi - lo) / 2;
-    (fits(mid) ? lo : hi) = mid;
-  }
-  return lo >= 256 ? lo / 256 * 256 : lo;
-}
+namespace {
 
-int64_t largest_fitting_batch(PlanSettings s, double device_bytes) {
-  auto fits = [&](int64_t b) {
-    s.micro_batch = b;
-    return plan_memory(s, device_bytes).peak <= device_bytes;
-  };
+// The largest n in [1, cap] with fits(n), for fits monotone (true up to some n, false after); 0 when
+// fits(1) is false. Doubling then bisection: O(log n) plans.
+int64_t largest_fitting(int64_t cap, const std::function<bool(int64_t)>& fits) {
   if (!fits(1)) return 0;
   int64_t lo = 1, hi = 2;
-  while (hi < (int64_t{1} << 20) && fits(hi)) lo = hi, hi *= 2;
-  while (hi - lo > 1) {
+  while (hi <= cap && fits(hi)) lo = hi, hi *= 2;
+  hi = std::min(hi, cap + 1);
+  while (hi - lo > 1) {  // lo fits, hi does not (or is past the cap)
     const int64_t mid = lo + (hi - lo) / 2;
     (fits(mid) ? lo : hi) = mid;
   }
   return lo;
+}
+
+}  // namespace
+
+int64_t longest_fitting_context(PlanSettings s, double device_bytes) {
+  const int64_t t = largest_fitting(int64_t{1} << 27, [&](int64_t n) {
+    s.seq_len = n;
+    return plan_memory(s, device_bytes).peak <= device_bytes;
+  });
+  return t >= 256 ? t / 256 * 256 : t;
+}
+
+int64_t largest_fitting_batch(PlanSettings s, double device_bytes) {
+  return largest_fitting(int64_t{1} << 20, [&](int64_t n) {
+    s.micro_batch = n;
+    return plan_memory(s, device_bytes).peak <= device_bytes;
+  });
 }
 
 std::string human_bytes(double bytes) {

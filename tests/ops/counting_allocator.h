@@ -1,5 +1,6 @@
-// Live bytes of CPU allocations, for tests that check what a forward pass keeps alive (the QLoRA
-// memory point). Test-only: the CPU allocator is process-wide.
+// Live and peak bytes of CPU allocations, for tests that check what a forward pass keeps alive (the QLoRA
+// memory point) and what a training step peaks at (the memory planner). Test-only: the CPU allocator is
+// process-wide.
 //
 // Lifetime: the counting allocator is one object that is never destroyed, because tensors allocated
 // through it may outlive any scope (a .grad, a buffer cached by autograd), and both their deleters and
@@ -28,11 +29,16 @@ class CountingAllocator final : public c10::Allocator {
     c10::DataPtr inner = base_->allocate(n);
     void* data = inner.get();
     auto* ctx = new Ctx{std::move(inner), n};
-    live_ += static_cast<int64_t>(n);
+    const int64_t now = live_ += static_cast<int64_t>(n);
+    int64_t p = peak_.load();
+    while (now > p && !peak_.compare_exchange_weak(p, now)) {
+    }
     return {data, ctx, &Delete, c10::Device(c10::DeviceType::CPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
   int64_t live() const { return live_.load(); }
+  int64_t peak() const { return peak_.load(); }  // the most live bytes since reset_peak()
+  void reset_peak() { peak_ = live_.load(); }
   c10::Allocator* base() const { return base_; }
 
  private:
@@ -47,7 +53,7 @@ class CountingAllocator final : public c10::Allocator {
     delete ctx;
   }
   c10::Allocator* base_;
-  std::atomic<int64_t> live_{0};
+  std::atomic<int64_t> live_{0}, peak_{0};
 };
 
 // Installs the counting allocator for its lifetime. c10 takes a new allocator only at a priority >= the

@@ -6,15 +6,13 @@
 #include <gtest/gtest.h>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <c10/core/CPUAllocator.h>
 
-#include <atomic>
-#include <cstring>
 #include <fstream>
 #include <random>
 
 #include "data/error.h"
 #include "tests/cli_run.h"
+#include "tests/ops/counting_allocator.h"
 #include "tests/scratch_dir.h"
 #include "trainer/memory_plan.h"
 #include "trainer/model/lora.h"
@@ -130,45 +128,6 @@ TEST(MemoryPlan, PlanVerbAnswersForLlamaShapes) {
 
 // ---- measured on the CPU ----
 
-// Live and peak bytes of every CPU allocation while installed (a process-wide, test-only allocator, never freed:
-// tensors allocated through it may outlive the scope; see tests/ops/counting_allocator.h for the same design).
-class PeakAllocator final : public c10::Allocator {
- public:
-  static PeakAllocator& instance() {
-    static PeakAllocator* a = new PeakAllocator(c10::GetCPUAllocator());
-    return *a;
-  }
-  c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    auto* ctx = new Ctx{std::move(inner), n};
-    const int64_t now = live_ += static_cast<int64_t>(n);
-    int64_t p = peak_.load();
-    while (now > p && !peak_.compare_exchange_weak(p, now)) {
-    }
-    return {data, ctx, &Delete, c10::Device(c10::DeviceType::CPU)};
-  }
-  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
-  int64_t live() const { return live_.load(); }
-  int64_t peak() const { return peak_.load(); }
-  void reset_peak() { peak_ = live_.load(); }
-  c10::Allocator* base() const { return base_; }
-
- private:
-  explicit PeakAllocator(c10::Allocator* base) : base_(base) {}
-  struct Ctx {
-    c10::DataPtr inner;
-    size_t n;
-  };
-  static void Delete(void* p) {
-    auto* ctx = static_cast<Ctx*>(p);
-    instance().live_ -= static_cast<int64_t>(ctx->n);
-    delete ctx;
-  }
-  c10::Allocator* base_;
-  std::atomic<int64_t> live_{0}, peak_{0};
-};
-
 struct Measured {
   double peak;
   double predicted;
@@ -178,14 +137,12 @@ struct Measured {
 // micro-batch of full-length rows; returns the peak of live bytes (everything qtrain allocated) and the plan's
 // `allocated` for the same settings on the CPU.
 Measured measure(const ModelConfig& c, int64_t batch, int64_t seq, int64_t bits) {
-  PeakAllocator& a = PeakAllocator::instance();
-  c10::Allocator* old = c10::GetCPUAllocator();
-  c10::SetCPUAllocator(&a, 255);
-  EXPECT_EQ(c10::GetCPUAllocator(), &a);
-  const int64_t base_live = a.live();
-  a.reset_peak();
+  test::CountingAllocator& a = test::CountingAllocator::instance();
   double peak = 0;
   {
+    const test::AllocatorScope counting;  // checks that the install took effect
+    const int64_t base_live = a.live();
+    a.reset_peak();
     LoadOptions lo;
     lo.quantize = ops::QuantParams{};
     LlamaModel m = LlamaModel::random(c, lo, at::make_generator<at::CPUGeneratorImpl>(1));
@@ -211,7 +168,6 @@ Measured measure(const ModelConfig& c, int64_t batch, int64_t seq, int64_t bits)
     for (int64_t step = 1; step <= 2; ++step) train_step(m, *opt, {b}, StepSettings{step, 1e-3, 0.3}, ctx);
     peak = static_cast<double>(a.peak() - base_live);
   }
-  c10::SetCPUAllocator(old, 255);
   PlanSettings s;
   s.model = c;
   s.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};

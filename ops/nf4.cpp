@@ -6,6 +6,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -59,7 +60,7 @@ QuantState make_state(const at::Tensor& w, const QuantParams& p) {
   s.type = p.type;
   s.shape = w.sizes().vec();
   s.dtype = w.scalar_type();
-  s.quant_map = code_table(p.type).to(w.device());
+  s.quant_map = code_table(p.type, w.device());
   return s;
 }
 
@@ -171,21 +172,50 @@ at::Tensor code_table(QuantType type) {
   return at::tensor(at::ArrayRef<float>(v, 16), at::kFloat);
 }
 
-at::Tensor signed_dynamic_map() {
-  // formats.md §1.7, with the same torch ops (and so the same float32 roundings) as bnb's Python.
-  std::vector<at::Tensor> parts;
-  for (int i = 0; i < 7; ++i) {
-    const int64_t items = (int64_t{1} << i) + 1;
-    const at::Tensor b = at::linspace(0.1, 1.0, items, at::kFloat);
-    const at::Tensor means = (b.slice(0, 0, items - 1) + b.slice(0, 1, items)) / 2.0;
-    const double scale = std::pow(10.0, i - 6);  // Python's 10 ** (i - 6): a double, cast to float by the op
-    parts.push_back(means * scale);
-    parts.push_back(means * -scale);
-  }
-  parts.push_back(at::zeros({1}, at::kFloat));
-  parts.push_back(at::ones({1}, at::kFloat));
-  return std::get<0>(at::cat(parts).sort());
+namespace {
+
+// formats.md §1.7, with the same torch ops (and so the same float32 roundings) as bnb's Python. A constant
+// of the process, built on first use: every quantize call needs it, and 30 small torch ops per call were a
+// host-side table rebuilt per weight.
+const std::array<float, 256>& dynamic_map_values() {
+  static const std::array<float, 256> values = [] {
+    std::vector<at::Tensor> parts;
+    for (int i = 0; i < 7; ++i) {
+      const int64_t items = (int64_t{1} << i) + 1;
+      const at::Tensor b = at::linspace(0.1, 1.0, items, at::kFloat);
+      const at::Tensor means = (b.slice(0, 0, items - 1) + b.slice(0, 1, items)) / 2.0;
+      const double scale = std::pow(10.0, i - 6);  // Python's 10 ** (i - 6): a double, cast to float by the op
+      parts.push_back(means * scale);
+      parts.push_back(means * -scale);
+    }
+    parts.push_back(at::zeros({1}, at::kFloat));
+    parts.push_back(at::ones({1}, at::kFloat));
+    const at::Tensor sorted = std::get<0>(at::cat(parts).sort()).contiguous();
+    TORCH_CHECK(sorted.numel() == 256, "signed_dynamic_map: expected 256 values, built ", sorted.numel());
+    std::array<float, 256> v{};
+    std::copy_n(sorted.data_ptr<float>(), 256, v.begin());
+    return v;
+  }();
+  return values;
 }
+
+// A small host table on `device`: on a GPU through pinned memory with a non-blocking copy, queued on the
+// current stream like a kernel (a plain .to(cuda) from pageable memory synchronises the host with the stream).
+at::Tensor host_table_to(const at::Tensor& table, at::Device device) {
+  if (device.is_cpu()) return table;
+  return table.pin_memory().to(device, /*non_blocking=*/true);
+}
+
+}  // namespace
+
+at::Tensor signed_dynamic_map() {
+  const std::array<float, 256>& v = dynamic_map_values();
+  return at::tensor(at::ArrayRef<float>(v.data(), v.size()), at::kFloat);
+}
+
+at::Tensor signed_dynamic_map(at::Device device) { return host_table_to(signed_dynamic_map(), device); }
+
+at::Tensor code_table(QuantType type, at::Device device) { return host_table_to(code_table(type), device); }
 
 void check_quant_state(const QuantState& s) {
   check_params(QuantParams{s.type, s.blocksize, s.double_quant()});
@@ -224,10 +254,12 @@ void check_quant_state(const QuantState& s) {
 
 at::Tensor dequantize_absmax(const QuantState& s) {
   if (!s.double_quant()) return s.absmax;
-  // [nblocks] -> pad to a multiple of 256 so each nested scale broadcasts over its block of 256 codes.
+  // Each nested scale broadcasts over its block of 256 codes: [nb2] -> [nb2, 256] (a view) -> [nb]. Not
+  // repeat_interleave, which on a GPU reads its output size back to the host.
   const int64_t nb = s.absmax.numel();
+  const int64_t nb2 = s.nested_absmax.numel();
   const at::Tensor dyn = s.nested_quant_map.index({s.absmax.to(at::kLong)});  // [nb]
-  const at::Tensor a2 = s.nested_absmax.repeat_interleave(256).slice(0, 0, nb);  // [nb]
+  const at::Tensor a2 = s.nested_absmax.unsqueeze(1).expand({nb2, 256}).reshape({-1}).slice(0, 0, nb);  // [nb]
   return dyn * a2 + s.nested_offset;  // two float32 roundings, as bnb
 }
 
@@ -264,9 +296,16 @@ void dequantize_4bit_out(const QuantState& state, at::Tensor& out) {
               state.device());
   if (state.device().is_cpu()) {
     dequantize_cpu_into(state, out);
-  } else {
-    out.view(state.shape).copy_(dequantize_4bit(state, out.scalar_type()));  // CUDA: the kernel's own output
+    return;
   }
+#if defined(QTRAIN_WITH_CUDA)
+  if (state.device().is_cuda()) {
+    nf4_cuda::dequantize_4bit_out(state, out);  // straight into `out`, at any element offset
+    return;
+  }
+#endif
+  TORCH_CHECK(false, "dequantize_4bit_out: state must be on the CPU or a CUDA device (in a CUDA build), found ",
+              state.device());
 }
 
 at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_dtype) {
@@ -281,9 +320,10 @@ at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_
                                .reshape({-1})
                                .slice(0, 0, n)
                                .to(at::kLong);
-  const at::Tensor values = code_table(state.type).to(packed.device()).index({codes});  // [n] fp32
-  const at::Tensor absmax = dequantize_absmax(state).to(at::kFloat);                   // [nblocks]
-  const at::Tensor scale = absmax.repeat_interleave(bs).slice(0, 0, n);  // [n]
+  const at::Tensor values = code_table(state.type, packed.device()).index({codes});  // [n] fp32
+  const at::Tensor absmax = dequantize_absmax(state).to(at::kFloat);                 // [nblocks]
+  const int64_t nb = absmax.numel();
+  const at::Tensor scale = absmax.unsqueeze(1).expand({nb, bs}).reshape({-1}).slice(0, 0, n);  // [n]
   return (values * scale).to(out_dtype).reshape(state.shape);
 }
 

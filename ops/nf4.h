@@ -68,11 +68,15 @@ at::Tensor dequantize_4bit_fallback(const QuantState& state, at::ScalarType out_
 // The fp32 scales: absmax itself, or the decoded nested absmax (dyn[q] * absmax2 + offset).
 at::Tensor dequantize_absmax(const QuantState& state);
 
-// bnb's create_dynamic_map(signed=True): float32 [256] on the CPU, built with the same torch ops.
+// bnb's create_dynamic_map(signed=True): float32 [256] on the CPU, built with the same torch ops (once per
+// process: a constant).
 at::Tensor signed_dynamic_map();
+// The same on `device`, copied there without synchronising the host (pinned memory, non-blocking copy).
+at::Tensor signed_dynamic_map(at::Device device);
 
-// The 4-bit code table of `type`: float32 [16] on the CPU.
+// The 4-bit code table of `type`: float32 [16] on the CPU; on `device` without a host synchronisation.
 at::Tensor code_table(QuantType type);
+at::Tensor code_table(QuantType type, at::Device device);
 
 // Throws (TORCH_CHECK) unless every field is consistent with the others; names the field at fault.
 void check_quant_state(const QuantState& state);
@@ -123,8 +127,14 @@ void decode_nested_absmax(const uint8_t* q, int64_t nblocks, const float* nested
 
 #if defined(QTRAIN_WITH_CUDA)
 namespace nf4_cuda {
+// One host synchronisation per call: the fp32 scales come back for the finite check and (double quant) the
+// offset, averaged by the CPU's at::mean so CPU and GPU store the same bits; nothing else waits.
 QuantState quantize_4bit(const at::Tensor& w, const QuantParams& params);
 at::Tensor dequantize_4bit(const QuantState& state, at::ScalarType out_dtype);
+// Into `out` (checked by the caller: contiguous, state.numel() elements, bf16/fp16/fp32, on the state's
+// device). Vector loads and stores when `out` is 16-byte aligned and `packed` aligned to its chunk; an
+// element-wise path, same values, otherwise.
+void dequantize_4bit_out(const QuantState& state, at::Tensor& out);
 }  // namespace nf4_cuda
 #endif
 

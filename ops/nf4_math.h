@@ -96,6 +96,25 @@ QTRAIN_HD float nested_lut_bin_value(int i) {
   return add_rn(-1.0f, div_rn(2.0f * static_cast<float>(i), static_cast<float>(kNestedLutSize - 1)));
 }
 
+// The same table without the table: the code of bin i is the number of midpoints
+// mid[k] = (dyn[k] + dyn[k+1]) / 2 (float32, k < 255) strictly below the bin's value, found by binary search
+// over the non-decreasing midpoints of the sorted map (a tie stays on the lower code, as in
+// nf4_cpu::build_nested_lut). The CUDA quantizer uses it so no 65536-entry table is built on the host per call.
+QTRAIN_HD float nested_midpoint(float lower, float upper) { return mul_rn(add_rn(lower, upper), 0.5f); }
+QTRAIN_HD int nested_code_of_bin(int bin, const float* mid /* [255] */) {
+  const float v = nested_lut_bin_value(bin);
+  int lo = 0, hi = 255;  // the answer is in [0, 255]
+  while (lo < hi) {
+    const int m = (lo + hi) / 2;
+    if (mid[m] < v) {
+      lo = m + 1;
+    } else {
+      hi = m;
+    }
+  }
+  return lo;
+}
+
 // ---- dequantization ----
 // out = code_value * absmax as one float32 product, cast once to the output dtype (CUDA and CPU agree).
 QTRAIN_HD float dequant_value(float code_value, float absmax) { return mul_rn(code_value, absmax); }

@@ -7,6 +7,10 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#if defined(QTRAIN_WITH_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -369,6 +373,41 @@ TEST(Nf4Cpu, RejectsInvalidInputsWithMessages) {
       "out_dtype must be");
 }
 
+// The CUDA quantizer's table-free nested code (binary search over the map's midpoints, nf4_math.h) equals the
+// CPU's 65536-entry table for every bin; a one-ulp nudge of one midpoint changes some bin (negative control).
+TEST(Nf4Cpu, NestedCodeSearchEqualsLutForEveryBin) {
+  const at::Tensor dyn = qtrain::ops::signed_dynamic_map();
+  const std::vector<uint8_t> lut = cpu::build_nested_lut(dyn.data_ptr<float>());
+  const float* d = dyn.data_ptr<float>();
+  std::vector<float> mid(255);
+  for (int k = 0; k < 255; ++k) mid[k] = qtrain::ops::nf4_math::nested_midpoint(d[k], d[k + 1]);
+  int64_t mismatches = 0;
+  for (int bin = 0; bin < qtrain::ops::nf4_math::kNestedLutSize; ++bin) {
+    mismatches += qtrain::ops::nf4_math::nested_code_of_bin(bin, mid.data()) != lut[bin];
+  }
+  EXPECT_EQ(mismatches, 0);
+  // Negative control: move the midpoint between codes 130 and 131 up past the bin just above it.
+  std::vector<float> moved = mid;
+  moved[130] = std::nextafter(moved[130], 2.0f) + 1e-4f;
+  int64_t changed = 0;
+  for (int bin = 0; bin < qtrain::ops::nf4_math::kNestedLutSize; ++bin) {
+    changed += qtrain::ops::nf4_math::nested_code_of_bin(bin, moved.data()) != lut[bin];
+  }
+  EXPECT_GT(changed, 0);
+}
+
+// The dynamic map is a constant of the process: each call returns its own copy, and on a device the same values.
+TEST(Nf4Cpu, SignedDynamicMapIsAFreshCopyEachCall) {
+  at::Tensor a = qtrain::ops::signed_dynamic_map();
+  const at::Tensor b = qtrain::ops::signed_dynamic_map();
+  ASSERT_EQ(a.numel(), 256);
+  EXPECT_TRUE(at::equal(a, b));
+  a.zero_();
+  EXPECT_TRUE(at::equal(qtrain::ops::signed_dynamic_map(), b));
+  EXPECT_TRUE(at::equal(qtrain::ops::signed_dynamic_map(at::kCPU), b));
+  EXPECT_TRUE(at::equal(qtrain::ops::code_table(QuantType::kNF4, at::kCPU), qtrain::ops::code_table(QuantType::kNF4)));
+}
+
 // ---- CUDA vs CPU reference ----
 
 TEST(Nf4Gpu, CudaKernelsEqualCpuReference) {
@@ -416,6 +455,134 @@ TEST(Nf4Gpu, CudaKernelsEqualCpuReference) {
   g.nested_quant_map = c.nested_quant_map.cuda();
   EXPECT_TRUE(at::equal(qtrain::ops::dequantize_4bit(c, at::kBFloat16),
                         qtrain::ops::dequantize_4bit(g, at::kBFloat16).cpu()));
+}
+
+// The CPU state moved to the GPU: the kernel's input is exactly the reference's, whatever the GPU quantizer does.
+QuantState to_cuda(const QuantState& c) {
+  QuantState g = c;
+  g.packed = c.packed.cuda();
+  g.absmax = c.absmax.cuda();
+  g.quant_map = c.quant_map.cuda();
+  if (c.double_quant()) {
+    g.nested_absmax = c.nested_absmax.cuda();
+    g.nested_quant_map = c.nested_quant_map.cuda();
+  }
+  return g;
+}
+
+// The dequantize kernel on awkward shapes, against the CPU reference bit for bit: every blocksize, numel not a
+// multiple of a 16-byte chunk (8 bf16/fp16 or 4 fp32 outputs), of a block or of a warp's tile (128 chunks), odd
+// block counts, 2-D shapes, with and without double quant, and with the vector path off through a packed
+// buffer at every byte offset 1..3.
+TEST(Nf4Gpu, DequantizeAwkwardShapesEqualCpuReference) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
+  const std::vector<std::vector<int64_t>> shapes = {
+      {1}, {2}, {5}, {7}, {9}, {15}, {17}, {31}, {64 * 3}, {64 * 3 + 1}, {1023}, {1024}, {1025}, {4 * 1024 + 4},
+      {11, 13}, {3, 4096 + 8}, {257, 255}, {5, 32 * 1024 + 3}, {4096 * 3 + 7}, {(1 << 16) * 3 + 12}};
+  for (const QuantType type : {QuantType::kNF4, QuantType::kFP4}) {
+    for (const int64_t bs : kBlocksizes) {
+      for (const auto& shape : shapes) {
+        for (const bool dq : {true, false}) {
+          const at::Tensor w = at::randn(shape) * 2;
+          const QuantState c = qtrain::ops::quantize_4bit(w, QuantParams{type, bs, dq});
+          const QuantState g = to_cuda(c);
+          std::string where = "shape " + c10::str(at::IntArrayRef(shape)) + " bs=" + std::to_string(bs) +
+                              (dq ? " dq" : "") + (type == QuantType::kFP4 ? " fp4" : " nf4");
+          for (const at::ScalarType out_t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+            const at::Tensor ref = qtrain::ops::dequantize_4bit(c, out_t);
+            ASSERT_TRUE(at::equal(ref, qtrain::ops::dequantize_4bit(g, out_t).cpu())) << where << " out " << out_t;
+          }
+          if (bs != 64 && bs != 4096) continue;  // misaligned packed storage: a few blocksizes are enough
+          for (int64_t offset = 1; offset <= 3; ++offset) {
+            QuantState m = g;
+            const at::Tensor buf = at::empty({c.packed.numel() + offset}, g.packed.options());
+            buf.slice(0, offset).copy_(g.packed);
+            m.packed = buf.slice(0, offset);
+            for (const at::ScalarType out_t : {at::kFloat, at::kBFloat16}) {
+              ASSERT_TRUE(at::equal(qtrain::ops::dequantize_4bit(c, out_t), qtrain::ops::dequantize_4bit(m, out_t).cpu()))
+                  << where << " packed at byte offset " << offset << " out " << out_t;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// dequantize_4bit_out on the GPU writes straight into the caller's buffer, including a view at any element
+// offset (the element-wise path when not 16-byte aligned), and leaves the elements around it untouched.
+TEST(Nf4Gpu, DequantizeOutIntoMisalignedViews) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  const uint64_t seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  at::manual_seed(seed);
+  for (const int64_t n : {int64_t{1}, int64_t{13}, int64_t{4096}, int64_t{4096 * 9 + 5}}) {
+    const QuantState c = qtrain::ops::quantize_4bit(at::randn({n}), QuantParams{QuantType::kNF4, 64, true});
+    const QuantState g = to_cuda(c);
+    for (const at::ScalarType out_t : {at::kFloat, at::kBFloat16, at::kHalf}) {
+      const at::Tensor ref = qtrain::ops::dequantize_4bit(c, out_t);
+      for (int64_t offset = 0; offset <= 8; ++offset) {
+        at::Tensor buf = at::full({n + offset + 3}, 7.0, at::TensorOptions().dtype(out_t).device(at::kCUDA));
+        at::Tensor view = buf.slice(0, offset, offset + n);
+        qtrain::ops::dequantize_4bit_out(g, view);
+        const at::Tensor host = buf.cpu();
+        ASSERT_TRUE(at::equal(host.slice(0, offset, offset + n), ref))
+            << "n=" << n << " out " << out_t << " at element offset " << offset;
+        EXPECT_TRUE(host.slice(0, 0, offset).eq(7.0).all().item<bool>()) << "wrote before the view";
+        EXPECT_TRUE(host.slice(0, offset + n).eq(7.0).all().item<bool>()) << "wrote after the view";
+      }
+    }
+  }
+}
+
+#if defined(QTRAIN_WITH_CUDA)
+// Counts c10's synchronisation warnings on this thread while alive (sync debug mode "warn").
+class SyncCount : public c10::WarningHandler {
+ public:
+  SyncCount() : previous_(c10::cuda::warning_state().get_sync_debug_mode()), guard_(this) {
+    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+  }
+  ~SyncCount() override { c10::cuda::warning_state().set_sync_debug_mode(previous_); }
+  SyncCount(const SyncCount&) = delete;
+  SyncCount& operator=(const SyncCount&) = delete;
+  void process(const c10::Warning& w) override {
+    if (w.msg().find("synchronizing CUDA operation") != std::string::npos) ++count_;
+  }
+  int count() const { return count_; }
+
+ private:
+  c10::cuda::SyncDebugMode previous_;
+  c10::WarningUtils::WarningHandlerGuard guard_;
+  int count_ = 0;
+};
+#endif
+
+// Dequantize (both entry points) never waits for the device; quantize waits exactly once, for the fp32 scales
+// (the finite check and the CPU-identical offset: nf4.h), with or without double quant.
+TEST(Nf4Gpu, SynchronisationsOfQuantizeAndDequantize) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+#if defined(QTRAIN_WITH_CUDA)
+  const at::Tensor w = at::randn({256, 320}, at::TensorOptions().dtype(at::kBFloat16).device(at::kCUDA));
+  (void)qtrain::ops::quantize_4bit(w, {});  // warm-up: pinned host pool, kernels loaded
+  for (const bool dq : {true, false}) {
+    QuantState s;
+    {
+      SyncCount count;
+      s = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kNF4, 64, dq});
+      EXPECT_EQ(count.count(), 1) << "quantize_4bit, double quant " << dq;
+    }
+    at::Tensor out = at::empty({256, 320}, w.options());
+    {
+      SyncCount count;
+      (void)qtrain::ops::dequantize_4bit(s, at::kBFloat16);
+      qtrain::ops::dequantize_4bit_out(s, out);
+      EXPECT_EQ(count.count(), 0) << "dequantize, double quant " << dq;
+    }
+  }
+#endif
 }
 
 }  // namespace

@@ -6,6 +6,26 @@
 
 namespace qtrain {
 
+namespace {
+
+// Σ g² over every gradient: an fp64 scalar on the gradients' device, read back with the loss.
+at::Tensor sum_of_squares(const std::vector<at::Tensor>& grads, const at::TensorOptions& scalar_options) {
+  if (grads.empty()) return at::zeros({}, scalar_options);
+  if (grads.front().is_cuda()) {
+    // A handful of launches for all gradients instead of three per tensor (448 tensors for a 7B with
+    // every linear): torch's multi-tensor L2 norm, per tensor in fp32 (fp32 partial sums for bf16 and fp16
+    // gradients too), then squared and summed in fp64. Its bits differ from the CPU path's below, which
+    // CPU parity and bit-exact resume depend on; the clip factor only needs the norm to fp32 accuracy.
+    const std::vector<at::Tensor> norms = at::_foreach_norm(grads, 2, at::kFloat);  // [] each
+    return at::stack(norms).to(at::kDouble).square().sum();
+  }
+  std::vector<at::Tensor> squares;  // per tensor Σ g² in fp32, summed in fp64
+  for (const at::Tensor& g : grads) squares.push_back(g.to(at::kFloat).pow(2).sum().to(at::kDouble));
+  return at::stack(squares).sum();
+}
+
+}  // namespace
+
 StepResult train_step(const LlamaModel& model, Optimizer& optimizer, const std::vector<Batch>& micro_batches,
                       const StepSettings& settings, const RunContext& ctx, const StepReduce& reduce,
                       const std::function<bool()>& stop) {
@@ -56,10 +76,9 @@ StepResult train_step(const LlamaModel& model, Optimizer& optimizer, const std::
     loss_sum = c.reshape({});
   }
 
-  // The one synchronisation: [loss sum, Σ grad²] to the host together.
-  std::vector<at::Tensor> squares;
-  for (const at::Tensor& g : grads) squares.push_back(g.to(at::kFloat).pow(2).sum().to(at::kDouble));
-  const at::Tensor sq = squares.empty() ? at::zeros({}, loss_sum.options()) : at::stack(squares).sum();
+  // The one synchronisation: [loss sum, Σ grad²] to the host together. Nothing else in a step waits for
+  // the device (tests/trainer/step_gpu_sync_test.cpp counts, with c10's sync debug mode).
+  const at::Tensor sq = sum_of_squares(grads, loss_sum.options());
   const at::Tensor host = at::stack({loss_sum, sq}).cpu();
   r.loss = r.tokens > 0 ? host[0].item<double>() / static_cast<double>(r.tokens) : 0.0;
   r.grad_norm = std::sqrt(host[1].item<double>());

@@ -136,7 +136,7 @@ at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) c
   return weight * xf.to(x.scalar_type());
 }
 
-at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask,
+at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const AttentionLayout& attn,
                                  const RopeTables& rope, const RunContext* ctx, KvCache* cache, int64_t layer_index) const {
   const ModelConfig& c = config_;
   const int64_t b = x.size(0), t = x.size(1);
@@ -151,24 +151,17 @@ at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, con
   q = apply_rope(q.transpose(1, 2), rope);
   k = apply_rope(k.transpose(1, 2), rope);
   if (cache) std::tie(k, v) = cache->append(layer_index, k, v);  // [batch, kv_heads, cached+seq, hd]
-  // No explicit mask means plain causal attention: is_causal lets SDPA pick its fastest kernel
-  // (flash on CUDA) and is what transformers does for unpadded batches. SDPA aligns is_causal to the
-  // top-left corner, right only when queries and keys are the same positions; a single query after
-  // cached keys needs no mask at all (it may see them all), as in transformers' decoding steps.
-  const bool is_causal = !mask.defined() && k.size(2) == t;
-  TORCH_CHECK(mask.defined() || is_causal || t == 1, "attention: ", t, " queries after ", k.size(2) - t,
-              " cached keys need an explicit mask");
-  at::Tensor out = at::scaled_dot_product_attention(
-      q, k, v, mask.defined() ? std::optional<at::Tensor>(mask) : std::nullopt, /*dropout_p=*/0.0, is_causal,
-      /*scale=*/std::nullopt, /*enable_gqa=*/true);
+  // Plain causal rows take SDPA's is_causal (flash on CUDA, as transformers for unpadded batches);
+  // packed and padded rows attend per document (varlen flash on CUDA); decoding uses its cache mask.
+  at::Tensor out = attend(q, k, v, attn);  // [batch, heads, seq, hd]
   // [batch, heads, seq, hd] → [batch, seq, heads*hd]
   out = out.transpose(1, 2).reshape({b, t, c.q_dim()});
   return l.o.forward(out, ctx);
 }
 
-at::Tensor LlamaModel::layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask,
+at::Tensor LlamaModel::layer_forward(const DecoderLayer& l, const at::Tensor& h, const AttentionLayout& attn,
                                      const RopeTables& rope, const RunContext* ctx, KvCache* cache, int64_t layer_index) const {
-  at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), mask, rope, ctx, cache, layer_index);
+  at::Tensor out = h + attention(l, rms_norm(h, l.input_norm), attn, rope, ctx, cache, layer_index);
   return out + mlp(l, rms_norm(out, l.post_attention_norm), ctx);
 }
 
@@ -176,19 +169,19 @@ at::Tensor LlamaModel::mlp(const DecoderLayer& l, const at::Tensor& x, const Run
   return l.down.forward(at::silu(l.gate.forward(x, ctx)) * l.up.forward(x, ctx), ctx);
 }
 
-at::Tensor LlamaModel::run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const {
+at::Tensor LlamaModel::run_layers(at::Tensor h, const AttentionLayout& attn, const RopeTables& rope, const RunContext* ctx) const {
   const bool recompute = ctx && ctx->recompute && at::GradMode::is_enabled();
   for (const auto& l : layers_) {
     if (!recompute) {
-      h = layer_forward(l, h, mask, rope, ctx);
+      h = layer_forward(l, h, attn, rope, ctx);
       continue;
     }
     std::vector<at::Tensor> params;
     for (const Linear* lin : l.linears())
       if (lin->lora) params.insert(params.end(), {lin->lora->A, lin->lora->B});
-    // Captures by value (mask and cos/sin tables are shared tensors): backward runs after this returns.
+    // Captures by value (the layout's plan and cos/sin tables are shared): backward runs after this returns.
     const DecoderLayer* lp = &l;
-    h = recompute_layer([this, lp, mask, rope](const at::Tensor& x, const RunContext* c) { return layer_forward(*lp, x, mask, rope, c); },
+    h = recompute_layer([this, lp, attn, rope](const at::Tensor& x, const RunContext* c) { return layer_forward(*lp, x, attn, rope, c); },
                         h, params, ctx);
   }
   return h;
@@ -222,8 +215,8 @@ at::Tensor LlamaModel::forward(const at::Tensor& ids, const at::Tensor& attentio
                                        : at::arange(t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
   const at::Tensor seg = attention_mask.defined() ? segment_ids_from_padding(attention_mask) : at::Tensor();
-  const at::Tensor mask = build_attention_mask(seg, b, t, config_.sliding_window, device());
-  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), mask, rope, ctx);  // [batch, seq, hidden]
+  const AttentionLayout attn = AttentionLayout::for_rows(seg, b, t, config_.sliding_window, device());
+  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), attn, rope, ctx);  // [batch, seq, hidden]
   return lm_head(rms_norm(h, final_norm_));  // [batch, seq, vocab]
 }
 
@@ -236,16 +229,17 @@ at::Tensor LlamaModel::forward_cached(const at::Tensor& ids, KvCache& cache, con
   const at::Tensor pos =
       at::arange(past, past + t, at::TensorOptions().dtype(at::kLong).device(device())).expand({b, t});
   const RopeTables rope = rope_tables(inv_freq_, pos, dtype_);
-  const at::Tensor mask = build_cached_attention_mask(past, t, config_.sliding_window, device());
+  const AttentionLayout attn =
+      AttentionLayout::for_cache(build_cached_attention_mask(past, t, config_.sliding_window, device()), past, t);
   at::Tensor h = at::embedding(embed_, host_to_device(ids, device()));  // [batch, new, hidden]
-  for (int64_t i = 0; i < num_layers(); ++i) h = layer_forward(layers_[i], h, mask, rope, ctx, &cache, i);
+  for (int64_t i = 0; i < num_layers(); ++i) h = layer_forward(layers_[i], h, attn, rope, ctx, &cache, i);
   cache.advance(t);
   return lm_head(rms_norm(h, final_norm_));  // [batch, new, vocab]
 }
 
 LlamaModel::LayerInputs LlamaModel::layer_inputs(int64_t batch, int64_t seq) const {
   const at::Tensor pos = at::arange(seq, at::TensorOptions().dtype(at::kLong).device(device())).expand({batch, seq});
-  return {build_attention_mask({}, batch, seq, config_.sliding_window, device()), rope_tables(inv_freq_, pos, dtype_)};
+  return {AttentionLayout::for_rows({}, batch, seq, config_.sliding_window, device()), rope_tables(inv_freq_, pos, dtype_)};
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
@@ -260,9 +254,10 @@ at::Tensor LlamaModel::hidden_states(const at::Tensor& ids, const at::Tensor& se
               "hidden_states: segment_ids and positions must be [batch, seq] like ids ", ids.sizes(), ", got ",
               segment_ids.sizes(), " and ", positions.sizes());
   const RopeTables rope = rope_tables(inv_freq_, host_to_device(positions, device()).to(at::kLong), dtype_);
-  // From the segment ids where the loader made them (the host): no device sync to find the causal fast path.
-  const at::Tensor mask = build_attention_mask(segment_ids, ids.size(0), ids.size(1), config_.sliding_window, device());
-  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), mask, rope, ctx);
+  // From the segment ids where the loader made them (the host): the causal fast path or the per-document
+  // plan without a device sync.
+  const AttentionLayout attn = AttentionLayout::for_rows(segment_ids, ids.size(0), ids.size(1), config_.sliding_window, device());
+  at::Tensor h = run_layers(at::embedding(embed_, host_to_device(ids, device())), attn, rope, ctx);
   return rms_norm(h, final_norm_);
 }
 

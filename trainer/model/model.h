@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 
 #include "data/io/hf_config.h"
+#include "trainer/model/attention.h"
 #include "trainer/model/kv_cache.h"
 #include "trainer/model/linear.h"
 #include "trainer/model/lora.h"
@@ -80,7 +81,8 @@ class LlamaModel {
   at::Tensor forward_cached(const at::Tensor& ids, KvCache& cache, const RunContext* ctx = nullptr) const;
 
   // Packed rows: segment_ids [batch, seq] (document index per token, -1 = padding) keep attention
-  // inside each document (attention_mask.h); positions restart per document. Returns the final hidden states
+  // inside each document (attention.h: per document, no dense mask, when they are on the host);
+  // positions restart per document. Returns the final hidden states
   // [batch, seq, hidden] (the LM head is applied by the caller, so the loss can chunk it).
   at::Tensor hidden_states(const at::Tensor& ids, const at::Tensor& segment_ids, const at::Tensor& positions,
                            const RunContext* ctx = nullptr) const;
@@ -91,7 +93,7 @@ class LlamaModel {
   // embed(ids [batch, seq]) → h [batch, seq, hidden]; run_layer(i, h) → h; final_norm(h) → the input
   // of lm_head. Unpadded, causal rows with positions 0..seq-1 (calibration windows).
   struct LayerInputs {
-    at::Tensor mask;   // undefined: plain causal
+    AttentionLayout attention;  // plain causal, or the sliding window's
     RopeTables rope;
   };
   LayerInputs layer_inputs(int64_t batch, int64_t seq) const;
@@ -100,7 +102,7 @@ class LlamaModel {
   DecoderLayer& layer(int64_t i) { return layers_.at(i); }
   const DecoderLayer& layer(int64_t i) const { return layers_.at(i); }
   at::Tensor run_layer(int64_t i, const at::Tensor& h, const LayerInputs& in, const RunContext* ctx = nullptr) const {
-    return layer_forward(layers_.at(i), h, in.mask, in.rope, ctx);
+    return layer_forward(layers_.at(i), h, in.attention, in.rope, ctx);
   }
   at::Tensor final_norm(const at::Tensor& h) const { return rms_norm(h, final_norm_); }
   // The two halves of run_layer, each alone on its normed input (AWQ's scale search inspects the
@@ -108,7 +110,7 @@ class LlamaModel {
   // and mlp_block(i, x) = down(silu(gate(x))·up(x)), x [batch, seq, hidden]. run_layer(i, h) is
   // h' = h + attention_block(i, norm1(h)), then h' + mlp_block(i, norm2(h')).
   at::Tensor attention_block(int64_t i, const at::Tensor& x_normed, const LayerInputs& in, const RunContext* ctx = nullptr) const {
-    return attention(layers_.at(i), x_normed, in.mask, in.rope, ctx);
+    return attention(layers_.at(i), x_normed, in.attention, in.rope, ctx);
   }
   at::Tensor mlp_block(int64_t i, const at::Tensor& x_normed, const RunContext* ctx = nullptr) const {
     return mlp(layers_.at(i), x_normed, ctx);
@@ -116,17 +118,16 @@ class LlamaModel {
 
  private:
   // The one attention of the model, for training, layer-by-layer runs and cached decoding alike.
-  // x [batch, new, hidden]; rope: the tables of the new tokens' positions. Without a cache, mask is
-  // [batch|1, 1, new, new] or undefined for plain causal. With `cache`, the block's keys and values are
-  // appended to layer `layer_index` of it first and the queries attend to all of its keys: mask is then
-  // [batch|1, 1, new, cached+new], or undefined when the cache was empty (plain causal) or for a single
-  // query that may see every key.
-  at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const at::Tensor& mask, const RopeTables& rope,
+  // x [batch, new, hidden]; rope: the tables of the new tokens' positions; attn: which keys each query
+  // sees (attention.h), decided once per forward. With `cache`, the block's keys and values are
+  // appended to layer `layer_index` of it first and the queries attend to all of its keys under
+  // AttentionLayout::for_cache.
+  at::Tensor attention(const DecoderLayer& l, const at::Tensor& x, const AttentionLayout& attn, const RopeTables& rope,
                        const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
   at::Tensor mlp(const DecoderLayer& l, const at::Tensor& x, const RunContext* ctx) const;  // SwiGLU
-  at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const at::Tensor& mask, const RopeTables& rope,
+  at::Tensor layer_forward(const DecoderLayer& l, const at::Tensor& h, const AttentionLayout& attn, const RopeTables& rope,
                            const RunContext* ctx, KvCache* cache = nullptr, int64_t layer_index = 0) const;
-  at::Tensor run_layers(at::Tensor h, const at::Tensor& mask, const RopeTables& rope, const RunContext* ctx) const;
+  at::Tensor run_layers(at::Tensor h, const AttentionLayout& attn, const RopeTables& rope, const RunContext* ctx) const;
   at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight) const;
 
   ModelConfig config_;

@@ -212,6 +212,7 @@ std::vector<Field> all_fields() {
       QT_E("training.device", kDevices, training.device),
       QT_E("training.on_nan", kNanPolicies, training.on_nan),
       QT_F(bool, "training.offload_checkpoints", training.offload_checkpoints, show_bool),
+      QT_F(bool, "training.tf32", training.tf32, show_bool),
       QT_F(std::string, "optimizer.name", optimizer.name, show_str),
       QT_F(int64_t, "optimizer.bits", optimizer.bits, show_i64),
       QT_F(bool, "optimizer.paged", optimizer.paged, show_bool),
@@ -354,7 +355,6 @@ void validate(const Recipe& r, Problems& p) {
   positive("lora.r", static_cast<double>(r.lora.r));
   positive("lora.alpha", r.lora.alpha);
   if (r.lora.dropout < 0 || r.lora.dropout >= 1) p.add("lora.dropout", "must be in [0, 1), found " + yaml_number(r.lora.dropout));
-  if (r.lora.dtype == DtypeChoice::kAuto) p.add("lora.dtype", "must be float32 or bfloat16 (master weights)");
   positive("training.micro_batch_size", static_cast<double>(r.training.micro_batch_size));
   positive("training.gradient_accumulation", static_cast<double>(r.training.gradient_accumulation));
   if (r.training.max_steps < 0) p.add("training.max_steps", "must be >= 0");
@@ -660,14 +660,28 @@ std::string recipe_hash(const Recipe& r) {
         // hashed at its default so runs saved before paging existed keep their hash); min_8bit_size only
         // matters with 8-bit state.
         f.key == "optimizer.device_budget_mb" || f.key == "optimizer.page_kb" || f.key == "training.offload_checkpoints" ||
+        // TF32 only changes CUDA matmuls' rounding, like moving the run to another card.
+        f.key == "training.tf32" ||
         (f.key == "optimizer.min_8bit_size" && r.optimizer.bits == 32))
       continue;
-    const std::string value = f.key == "optimizer.paged" ? f.get(Recipe{}) : f.get(r);
+    std::string value = f.key == "optimizer.paged" ? f.get(Recipe{}) : f.get(r);
+    // lora.dtype's default became auto (= the compute dtype: float32 on the CPU, where every earlier run
+    // trained, with float32 the old default): hashed as float32 so those runs keep their hash.
+    if (f.key == "lora.dtype" && r.lora.dtype == DtypeChoice::kAuto) value = "float32";
     for (unsigned char c : f.key + "=" + value + "\n") h = (h ^ c) * 1099511628211ull;
   }
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+DtypeChoice resolved_compute_dtype(const TrainingSection& t, bool cuda) {
+  if (t.compute_dtype != DtypeChoice::kAuto) return t.compute_dtype;
+  return cuda ? DtypeChoice::kBFloat16 : DtypeChoice::kFloat32;
+}
+
+DtypeChoice resolved_lora_dtype(const Recipe& r, bool cuda) {
+  return r.lora.dtype != DtypeChoice::kAuto ? r.lora.dtype : resolved_compute_dtype(r.training, cuda);
 }
 
 }  // namespace qtrain

@@ -42,7 +42,9 @@ struct LoraSection {
   double dropout = 0.05;
   bool rslora = false;
   std::optional<uint64_t> init_seed;  // default: training.seed
-  DtypeChoice dtype = DtypeChoice::kFloat32;  // master weights (the paper used bf16)
+  // Adapter weights (and their gradients): auto = the compute dtype, so bf16 on CUDA as the QLoRA paper
+  // trained them and fp32 on the CPU; float32 keeps fp32 master weights under a bf16 compute dtype.
+  DtypeChoice dtype = DtypeChoice::kAuto;
 };
 
 struct TrainingSection {
@@ -62,6 +64,9 @@ struct TrainingSection {
   NanPolicy on_nan = NanPolicy::kStop;
   // Recompute checkpoints (one hidden state per layer) kept in host memory between forward and backward.
   bool offload_checkpoints = false;
+  // CUDA: fp32 matmuls (cuBLAS, cuDNN) may use TF32 tensor cores while training (10 mantissa bits in the
+  // products, fp32 accumulation); set back when training ends, so export's GPTQ/AWQ never see it.
+  bool tf32 = true;
 };
 
 struct OptimizerSection {
@@ -178,5 +183,10 @@ std::string recipe_to_yaml(const Recipe& r);
 // output_dir, data.cache_dir, max_steps, epochs, training.device and the export section are left out: a resumed run may
 // change them. Hub ids are hashed as written (Recipe::as_written), not as the local paths they resolved to.
 std::string recipe_hash(const Recipe& r);
+
+// The dtypes a run trains in, `auto` resolved for its device (cuda: the training device is a GPU):
+// compute auto = bfloat16 on CUDA, float32 on the CPU; lora auto = the compute dtype. Never kAuto.
+DtypeChoice resolved_compute_dtype(const TrainingSection& t, bool cuda);
+DtypeChoice resolved_lora_dtype(const Recipe& r, bool cuda);
 
 }  // namespace qtrain

@@ -53,15 +53,11 @@ PlanSettings plan_settings(const Recipe& r, const ModelConfig& model, bool cuda)
   s.targets = resolve_target_modules(r.model.target_modules);
   s.lora_r = r.lora.r;
   s.lora_dropout = r.lora.dropout;
-  s.lora_bytes = r.lora.dtype == DtypeChoice::kBFloat16 ? 2 : 4;
+  s.lora_bytes = resolved_lora_dtype(r, cuda) == DtypeChoice::kBFloat16 ? 2 : 4;
   s.quantized = r.quantization.enabled;
   s.blocksize = r.quantization.blocksize;
   s.double_quant = r.quantization.double_quant;
-  switch (r.training.compute_dtype) {
-    case DtypeChoice::kAuto: s.compute_bytes = cuda ? 2 : 4; break;
-    case DtypeChoice::kFloat32: s.compute_bytes = 4; break;
-    case DtypeChoice::kBFloat16: s.compute_bytes = 2; break;
-  }
+  s.compute_bytes = resolved_compute_dtype(r.training, cuda) == DtypeChoice::kBFloat16 ? 2 : 4;
   s.cuda = cuda;
   s.micro_batch = r.training.micro_batch_size;
   s.seq_len = r.data.max_seq_len;

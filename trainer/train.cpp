@@ -45,7 +45,7 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 struct Placement {
   at::Device device = at::kCPU;
   at::ScalarType compute = at::kFloat;  // activations and dense weights
-  at::ScalarType lora = at::kFloat;     // adapter master weights
+  at::ScalarType lora = at::kFloat;     // adapter weights
 };
 
 Placement resolve_placement(const Recipe& r) {
@@ -59,14 +59,32 @@ Placement resolve_placement(const Recipe& r) {
       out.device = rank_cuda_device();  // cuda:LOCAL_RANK under torchrun / srun
       break;
   }
-  switch (r.training.compute_dtype) {
-    case DtypeChoice::kAuto: out.compute = out.device.is_cuda() ? at::kBFloat16 : at::kFloat; break;
-    case DtypeChoice::kFloat32: out.compute = at::kFloat; break;
-    case DtypeChoice::kBFloat16: out.compute = at::kBFloat16; break;
-  }
-  out.lora = r.lora.dtype == DtypeChoice::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  const bool on_cuda = out.device.is_cuda();
+  out.compute = resolved_compute_dtype(r.training, on_cuda) == DtypeChoice::kBFloat16 ? at::kBFloat16 : at::kFloat;
+  out.lora = resolved_lora_dtype(r, on_cuda) == DtypeChoice::kBFloat16 ? at::kBFloat16 : at::kFloat;
   return out;
 }
+
+// training.tf32 for as long as a CUDA run trains: cuBLAS and cuDNN may round fp32 matmul inputs to TF32.
+// libtorch keeps the switch in its global context, so the previous values come back at the end (an
+// export after training, in the same process, runs GPTQ/AWQ in exact fp32).
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool on)
+      : cublas_(at::globalContext().allowTF32CuBLAS()), cudnn_(at::globalContext().allowTF32CuDNN()) {
+    at::globalContext().setAllowTF32CuBLAS(on);
+    at::globalContext().setAllowTF32CuDNN(on);
+  }
+  ~Tf32Scope() {
+    at::globalContext().setAllowTF32CuBLAS(cublas_);
+    at::globalContext().setAllowTF32CuDNN(cudnn_);
+  }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  const bool cublas_, cudnn_;
+};
 
 AdapterInfo adapter_info(const Recipe& r) {
   AdapterInfo info;
@@ -94,7 +112,7 @@ class Trainer {
   static constexpr int kMaxSkippedInARow = 10;  // training.on_nan: skip gives up after this many
 
   Trainer(const Recipe& r, const TrainOptions& o)
-      : r_(r), opts_(o), place_(resolve_placement(r)), out_(r.output_dir), checkpoints_(out_, r.schedule.keep_last, recipe_hash(r)) {}
+      : r_(r), opts_(o), place_(resolve_placement(r)), tf32_(place_.device.is_cuda() && r.training.tf32), out_(r.output_dir), checkpoints_(out_, r.schedule.keep_last, recipe_hash(r)) {}
 
   // set up → for each step { step, log, maybe eval, maybe checkpoint, check stop } → finish.
   TrainResult run() {
@@ -436,6 +454,7 @@ class Trainer {
   const Recipe& r_;
   const TrainOptions& opts_;
   const Placement place_;
+  const Tf32Scope tf32_;
   const fs::path out_;
   Checkpointer checkpoints_;
   DataConfig dcfg_;

@@ -96,6 +96,7 @@ TEST(Recipe, GuanacoHasTheReferenceValues) {
   EXPECT_EQ(r.lora.r, 64);
   EXPECT_DOUBLE_EQ(r.lora.alpha, 16);
   EXPECT_DOUBLE_EQ(r.lora.dropout, 0.1);
+  EXPECT_EQ(r.lora.dtype, DtypeChoice::kBFloat16);  // qlora.py: LoRA modules cast to bf16 under --bf16
   EXPECT_DOUBLE_EQ(r.training.learning_rate, 2e-4);
   EXPECT_EQ(r.training.schedule, Schedule::kConstant);
   EXPECT_EQ(r.training.micro_batch_size * r.training.gradient_accumulation, 16);
@@ -137,6 +138,29 @@ TEST(Recipe, SetOverridesAndValidates) {
   // The hash ignores what a resumed run may change, and sees what it may not.
   EXPECT_EQ(recipe_hash(load_recipe(p, {"training.max_steps=7"})), recipe_hash(load_recipe(p)));
   EXPECT_NE(recipe_hash(load_recipe(p, {"lora.r=4"})), recipe_hash(load_recipe(p)));
+  fs::remove(p);
+}
+
+// lora.dtype auto follows the compute dtype (bf16 adapters on CUDA, fp32 on the CPU) and hashes as the
+// float32 it replaced as the default; training.tf32 only changes CUDA rounding, so resume may change it.
+TEST(Recipe, AdapterDtypeAutoFollowsTheComputeDtype) {
+  const fs::path p = write_temp("model:\n  path: m\ndata:\n  files: [a.jsonl]\n");
+  const Recipe r = load_recipe(p);
+  EXPECT_EQ(r.lora.dtype, DtypeChoice::kAuto);
+  EXPECT_TRUE(r.training.tf32);
+  EXPECT_EQ(resolved_lora_dtype(r, /*cuda=*/true), DtypeChoice::kBFloat16);
+  EXPECT_EQ(resolved_lora_dtype(r, /*cuda=*/false), DtypeChoice::kFloat32);
+  EXPECT_EQ(resolved_compute_dtype(r.training, true), DtypeChoice::kBFloat16);
+  EXPECT_EQ(resolved_compute_dtype(r.training, false), DtypeChoice::kFloat32);
+  const Recipe fp32_compute = load_recipe(p, {"training.compute_dtype=float32"});
+  EXPECT_EQ(resolved_lora_dtype(fp32_compute, true), DtypeChoice::kFloat32);
+  const Recipe fp32_master = load_recipe(p, {"lora.dtype=float32"});
+  EXPECT_EQ(resolved_lora_dtype(fp32_master, true), DtypeChoice::kFloat32);  // fp32 master weights under bf16
+  EXPECT_EQ(resolved_lora_dtype(load_recipe(p, {"lora.dtype=bfloat16"}), false), DtypeChoice::kBFloat16);
+  EXPECT_EQ(recipe_hash(fp32_master), recipe_hash(r));
+  EXPECT_NE(recipe_hash(load_recipe(p, {"lora.dtype=bfloat16"})), recipe_hash(r));
+  EXPECT_EQ(recipe_hash(load_recipe(p, {"training.tf32=false"})), recipe_hash(r));
+  EXPECT_NE(error_of(p, {"training.tf32=maybe"}).find("training.tf32"), std::string::npos);
   fs::remove(p);
 }
 

@@ -63,6 +63,10 @@ ProgressLine::~ProgressLine() {
 }
 
 void ProgressLine::update(int64_t done, const std::string& note) {
+  update(done, [&note] { return note; });
+}
+
+void ProgressLine::update(int64_t done, const std::function<std::string()>& note) {
   done_ = done;
   if (console_.quiet || finished_) return;
   const double now = clock_() - start_;
@@ -70,7 +74,7 @@ void ProgressLine::update(int64_t done, const std::string& note) {
                         : now - std::max(0.0, last_draw_) >= kLogEvery;
   if (!due) return;
   last_draw_ = now;
-  draw(false, note);
+  draw(false, note());
 }
 
 void ProgressLine::finish(const std::string& note, bool transient) {

@@ -36,6 +36,9 @@ class ProgressLine {
 
   // `done` units so far (absolute); `note` is appended ("ppl 12.31").
   void update(int64_t done, const std::string& note = "");
+  // The same with a note made only when a line is drawn: reading it may cost a device synchronisation
+  // (a running loss on the GPU), which a throttled line should not pay after every batch.
+  void update(int64_t done, const std::function<std::string()>& note);
   // The phase is over: the closing line, when anything was shown. `transient`: erase instead (a phase
   // inside another that reports the result itself, such as evaluation during training).
   void finish(const std::string& note = "", bool transient = false);

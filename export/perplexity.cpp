@@ -99,10 +99,12 @@ at::Tensor final_hidden(const LlamaModel& m, const at::Tensor& ids) {
 }  // namespace
 
 WindowProgress show_window_progress(ProgressLine& line) {
-  return [&line](int64_t done, int64_t, double nll) {
-    char ppl[48];
-    std::snprintf(ppl, sizeof ppl, "ppl %.4f", std::exp(nll));
-    line.update(done, ppl);
+  return [&line](int64_t done, int64_t, const std::function<double()>& nll) {
+    line.update(done, [&nll] {
+      char ppl[48];
+      std::snprintf(ppl, sizeof ppl, "ppl %.4f", std::exp(nll()));
+      return std::string(ppl);
+    });
   };
 }
 
@@ -156,7 +158,7 @@ NllResult window_nll(const LlamaModel& model, const TextWindows& w, int64_t batc
       }
     }
     tokens += nrows;
-    if (progress) progress(b0 + b, n, nll_sum.item<double>() / static_cast<double>(tokens));
+    if (progress) progress(b0 + b, n, [&] { return nll_sum.item<double>() / static_cast<double>(tokens); });
   }
   NllResult res;
   res.tokens = tokens;

@@ -73,8 +73,9 @@ struct NllResult {
   double kl = -1;      // mean per-token KL(p_reference || p_model) in nats when a reference was given, else -1
 };
 
-// Called after each batch with the windows done so far, of `total`, and the running mean NLL.
-using WindowProgress = std::function<void(int64_t done, int64_t total, double running_nll)>;
+// Called after each batch with the windows done so far, of `total`, and the running mean NLL to read if
+// needed: reading it synchronises with the device, so a throttled progress line reads it only when it draws.
+using WindowProgress = std::function<void(int64_t done, int64_t total, const std::function<double()>& running_nll)>;
 
 // Shows window_nll's progress on `line`, with the running perplexity.
 WindowProgress show_window_progress(ProgressLine& line);

@@ -53,6 +53,25 @@ TEST(ProgressLine, TerminalRewritesOneLineWithRateAndEta) {
   EXPECT_EQ(s.substr(s.rfind('\r')), "\r\033[Ktokenizing train.jsonl: 100 examples in 2m11s\n");
 }
 
+// A lazy note (a running loss read from the GPU costs a sync) is made only for the lines drawn.
+TEST(ProgressLine, LazyNoteIsReadOnlyWhenALineIsDrawn) {
+  Fixture f;
+  auto p = f.make({}, /*tty=*/true);
+  int reads = 0;
+  auto note = [&reads] { return "ppl " + std::to_string(++reads); };
+  for (int i = 1; i <= 100; ++i) {
+    f.t = 0.02 * i;  // 2 s in all: drawn from 1 s on, at most every 0.25 s
+    p.update(i, note);
+  }
+  EXPECT_GE(reads, 3);
+  EXPECT_LE(reads, 5) << "the note was made for updates that drew nothing";
+  EXPECT_NE(f.out.str().find("ppl " + std::to_string(reads)), std::string::npos);
+  auto quiet = f.make({.json = false, .quiet = true}, /*tty=*/true);
+  f.t = 100;
+  quiet.update(50, note);
+  EXPECT_LE(reads, 5) << "--quiet made the note";
+}
+
 TEST(ProgressLine, LogFileGetsALineEvery15Seconds) {
   Fixture f;
   auto p = f.make({}, /*tty=*/false, /*total=*/1000);

@@ -12,6 +12,11 @@ scripts/setup.sh
 echo "[test] running ctest in $QTRAIN_BUILD_DIR"
 junit="$QTRAIN_BUILD_DIR/ctest-results.xml"
 rm -f "$junit"
+# ctest runs tests side by side, each with libtorch's OpenMP pool of nproc threads: more threads than
+# cores. Spinning idle OpenMP workers then burn the cores the other tests need (docs/PERFORMANCE.md:
+# half the samples of a loaded 2-core run); passive workers sleep instead. libgomp reads the variable
+# when it loads, so it is set here for every test process (and the Python oracles' torch).
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 set +e
 ctest --test-dir "$QTRAIN_BUILD_DIR" -j "${QTRAIN_JOBS:-$(nproc)}" --output-on-failure --timeout 1800 \
   --output-junit "$junit" "$@"

@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
     LoraSpec spec;
     spec.config.rank = rank;
     spec.config.alpha = 2.0 * rank;
+    spec.dtype = lo.dtype;  // the trainer's default (lora.dtype: auto = the compute dtype)
     m.add_lora(spec, at::make_generator<at::CPUGeneratorImpl>(1));
     auto opt = make_optimizer(OptimizerSection{}, /*weight_decay=*/0.0, m.lora_parameters());
     sync(dev);
@@ -146,7 +147,7 @@ int main(int argc, char** argv) {
     const double s_lora = nl * ((d + d) * 2 + 2 * (d + kv) + 3 * (d + f));
     const double flops = 4 * n_mm + 3 * (2 * nl * d * seq) + 6 * rank * s_lora;
     const double mfu = tok_s * flops / 989.4e12;
-    std::printf("preset %s on %s (%s), batch %lld × seq %lld, r %lld, recompute %s, %lld steps (+2 warm-up); built in %.1f s\n",
+    std::printf("preset %s on %s (%s, adapters too), batch %lld × seq %lld, r %lld, recompute %s, %lld steps (+2 warm-up); built in %.1f s\n",
                 name.c_str(), dev.str().c_str(), c10::toString(lo.dtype), static_cast<long long>(batch),
                 static_cast<long long>(seq), static_cast<long long>(rank), recompute ? "on" : "off",
                 static_cast<long long>(steps), build_s);

@@ -228,6 +228,8 @@ std::string new_ids(const Cli& r) {
 }
 
 TEST(GenerateCli, BadArgumentsExitTwoNamingTheOption) {
+  // Arguments are checked after the model loads (the template and vocabulary bound some of them).
+  if (!fs::exists(tiny_model() / "model.safetensors")) GTEST_SKIP() << "shared test model not found at " << tiny_model();
   const std::string m = tiny_model().string();
   const std::vector<std::pair<std::string, std::string>> cases = {
       {m, "exactly one of --prompt"},

@@ -97,6 +97,14 @@ def check_recipe_text(run, acc, steps):
     assert acc.SummaryMetadata("recipe").plugin_data.plugin_name == "text"
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """qtrain runs with one OpenMP thread here, as the kill tests do: the resumed run is compared bit for bit
+    with the straight one, and with two threads on a loaded machine about 1 resumed process in 30-60 computes
+    its first step slightly differently (docs/TRAINING.md, "Known exception": open, not seen with one thread)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, run_qtrain):
     d = tmp_path_factory.mktemp("tensorboard")

@@ -3,6 +3,7 @@
 // reference bit for bit. The bitsandbytes oracle lives in tests/oracle/test_nf4_bnb.py.
 #include "ops/nf4.h"
 #include "ops/nf4_math.h"
+#include "tests/cuda_sync_counter.h"
 
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
@@ -538,27 +539,6 @@ TEST(Nf4Gpu, DequantizeOutIntoMisalignedViews) {
   }
 }
 
-#if defined(QTRAIN_WITH_CUDA)
-// Counts c10's synchronisation warnings on this thread while alive (sync debug mode "warn").
-class SyncCount : public c10::WarningHandler {
- public:
-  SyncCount() : previous_(c10::cuda::warning_state().get_sync_debug_mode()), guard_(this) {
-    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
-  }
-  ~SyncCount() override { c10::cuda::warning_state().set_sync_debug_mode(previous_); }
-  SyncCount(const SyncCount&) = delete;
-  SyncCount& operator=(const SyncCount&) = delete;
-  void process(const c10::Warning& w) override {
-    if (w.msg().find("synchronizing CUDA operation") != std::string::npos) ++count_;
-  }
-  int count() const { return count_; }
-
- private:
-  c10::cuda::SyncDebugMode previous_;
-  c10::WarningUtils::WarningHandlerGuard guard_;
-  int count_ = 0;
-};
-#endif
 
 // Dequantize (both entry points) never waits for the device; quantize waits exactly once, for the fp32 scales
 // (the finite check and the CPU-identical offset: nf4.h), with or without double quant.
@@ -570,16 +550,16 @@ TEST(Nf4Gpu, SynchronisationsOfQuantizeAndDequantize) {
   for (const bool dq : {true, false}) {
     QuantState s;
     {
-      SyncCount count;
+      qtrain::SyncCounter count;
       s = qtrain::ops::quantize_4bit(w, QuantParams{QuantType::kNF4, 64, dq});
-      EXPECT_EQ(count.count(), 1) << "quantize_4bit, double quant " << dq;
+      EXPECT_EQ(count.count(), 1u) << "quantize_4bit, double quant " << dq << "\n" << count.report();
     }
     at::Tensor out = at::empty({256, 320}, w.options());
     {
-      SyncCount count;
+      qtrain::SyncCounter count;
       (void)qtrain::ops::dequantize_4bit(s, at::kBFloat16);
       qtrain::ops::dequantize_4bit_out(s, out);
-      EXPECT_EQ(count.count(), 0) << "dequantize, double quant " << dq;
+      EXPECT_EQ(count.count(), 0u) << "dequantize, double quant " << dq << "\n" << count.report();
     }
   }
 #endif

@@ -15,8 +15,6 @@
 #include <gtest/gtest.h>
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <c10/util/Backtrace.h>
-#include <c10/util/Exception.h>
 #include <torch/cuda.h>
 
 #if defined(QTRAIN_WITH_CUDA)
@@ -27,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/cuda_sync_counter.h"
 #include "trainer/model/lora.h"
 #include "trainer/model/model.h"
 #include "trainer/optimizer.h"
@@ -36,39 +35,6 @@ namespace qtrain {
 namespace {
 
 #if defined(QTRAIN_WITH_CUDA)
-
-// Sets the sync debug mode to "warn" for its lifetime and counts the synchronisation warnings that reach this
-// thread, with the C++ stack of each (useful for those raised on this thread; replayed ones show the replay).
-class SyncCounter : public c10::WarningHandler {
- public:
-  SyncCounter() : previous_(c10::cuda::warning_state().get_sync_debug_mode()), guard_(this) {
-    c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
-  }
-  ~SyncCounter() override { c10::cuda::warning_state().set_sync_debug_mode(previous_); }
-  SyncCounter(const SyncCounter&) = delete;
-  SyncCounter& operator=(const SyncCounter&) = delete;
-
-  void process(const c10::Warning& w) override {
-    if (w.msg().find("synchronizing CUDA operation") != std::string::npos) {
-      where_.push_back(c10::get_backtrace(/*frames_to_skip=*/1, /*maximum_number_of_frames=*/24));
-    } else {
-      others_.push_back(w.msg());
-    }
-  }
-  std::size_t count() const { return where_.size(); }
-  std::string report() const {
-    std::string r;
-    for (std::size_t i = 0; i < where_.size(); ++i) r += "--- synchronisation " + std::to_string(i + 1) + ":\n" + where_[i];
-    for (const std::string& m : others_) r += "--- other warning: " + m + "\n";
-    return r;
-  }
-
- private:
-  c10::cuda::SyncDebugMode previous_;
-  c10::WarningUtils::WarningHandlerGuard guard_;
-  std::vector<std::string> where_;
-  std::vector<std::string> others_;
-};
 
 at::Generator cuda_generator(uint64_t seed) {
   at::Generator g = at::globalContext().defaultGenerator(at::Device(at::kCUDA, 0)).clone();

@@ -1,5 +1,6 @@
 #include "trainer/model/attention.h"
 
+#include <limits>
 #include <map>
 #include <numeric>
 #include <unordered_set>

@@ -717,7 +717,9 @@ def test_llama_cpp_semantics_give_transformers_logits(tmp_path, tiny):
     scale = np.abs(ref).max()
     err = np.abs(got - ref).max() / scale
     print(f"max |llama.cpp-style − transformers| / max|logit| = {err:.2e}")
-    assert err < 1e-5  # measured 1.4e-6
+    # measured 1.4e-6 typically and 1.06e-5 on one seed of random ids (fp32 sums in two orders over 24
+    # tokens); the wrong-RoPE control below is > 1e-2, so 1e-4 still separates them by two orders.
+    assert err < 1e-4, f"seed {seed}: {err:.2e}"
     wrong = np.abs(llama_cpp_forward(reader, ids, neox_rope=True) - ref).max() / scale
     print(f"negative control (NEOX rope on the permuted weights): {wrong:.2e}")
     assert wrong > 1e-2

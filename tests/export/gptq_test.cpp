@@ -8,12 +8,14 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -149,9 +151,23 @@ TEST(GptqQuantize, IdentityHessianIsRtn) {
 }
 
 TEST(GptqQuantize, BeatsRtnOnCorrelatedInputs) {
-  at::Generator gen = at::detail::createCPUGenerator(fresh_seed("GptqQuantize.BeatsRtnOnCorrelatedInputs"));
-  const at::Tensor W = at::randn({64, 256}, gen);
-  const at::Tensor H = hessian_of(correlated_inputs(2048, 256, gen));
+  // GPTQ is greedy and beats RTN on a typical draw, not on every one: measured on 300 seeds here, the
+  // error ratio GPTQ/RTN averages 0.71-0.86 per case but exceeded 1.01 on 3 seeds (1.096 with g128 sym on
+  // seed 131598850, 1.012 on seed 129072884, 1.013 at 8 bits on seed 1486207508); the Python reference
+  // transcription of fasterquant loses the same way (1000 seeds, 48x320: up to 1.17 without act-order,
+  // 1.10 with it, ~0.3% of draws per case above 1.01). A per-draw bound (strict, then 1% since c60e850)
+  // failed about 1 run in 100. So each case takes 5 independent draws and the median ratio must be below 1:
+  // that fails only if 3 of 5 draws lose (~10·0.006³ ≈ 2e-6 per case), while a GPTQ without (or with a
+  // wrong) error feedback, which is RTN or worse on every draw, still fails it.
+  const uint32_t seed = fresh_seed("GptqQuantize.BeatsRtnOnCorrelatedInputs");
+  constexpr int kDraws = 5;
+  struct Draw { at::Tensor W, H; };
+  std::vector<Draw> draws;
+  for (int d = 0; d < kDraws; ++d) {
+    at::Generator gen = at::detail::createCPUGenerator(seed + d);  // draw d is seed + d, rerunnable alone
+    const at::Tensor W = at::randn({64, 256}, gen);
+    draws.push_back({W, hessian_of(correlated_inputs(2048, 256, gen))});
+  }
   struct Case { int64_t g; bool sym, desc_act, static_groups; int bits; };
   for (const Case c : {Case{128, true, false, false, 4}, Case{32, false, false, false, 4}, Case{-1, true, false, false, 4},
                        Case{64, true, true, false, 4}, Case{64, true, true, true, 4}, Case{128, true, false, false, 8}}) {
@@ -161,18 +177,24 @@ TEST(GptqQuantize, BeatsRtnOnCorrelatedInputs) {
     s.desc_act = c.desc_act;
     s.static_groups = c.static_groups;
     s.bits = c.bits;
-    GptqStats st;
-    const double e_gptq = hessian_error(W, gptq_quantize(W, H, s, &st).dequantize(at::kFloat), H);
-    const double e_rtn = hessian_error(W, rtn_quantize(W, s).dequantize(at::kFloat), H);
-    std::printf("  g %5ld sym %d desc_act %d static %d bits %d: hessian_error GPTQ %.4g RTN %.4g (ratio %.3f), GPTQ loss %.4g\n",
-                static_cast<long>(c.g), c.sym, c.desc_act, c.static_groups, c.bits, e_gptq, e_rtn, e_gptq / e_rtn, st.error);
-    // Within 1% of RTN, not strictly below: on random matrices GPTQ's greedy column order can lose by a few
-    // tenths of a percent (measured: 0.3% with act-order on 1 seed in a full-suite run; the Python reference
-    // transcription loses by up to 0.35% on ~1 seed in 60, test_gptq_oracle). The real-model tests require
-    // GPTQ < RTN, and static groups / no act-order cases here win by 1-25%.
-    EXPECT_LE(e_gptq, 1.01 * e_rtn);
-    EXPECT_EQ(st.retries, 0);
-    EXPECT_GT(st.error, 0);
+    std::vector<double> ratios;
+    for (int d = 0; d < kDraws; ++d) {
+      const at::Tensor& W = draws[d].W;
+      const at::Tensor& H = draws[d].H;
+      GptqStats st;
+      const double e_gptq = hessian_error(W, gptq_quantize(W, H, s, &st).dequantize(at::kFloat), H);
+      const double e_rtn = hessian_error(W, rtn_quantize(W, s).dequantize(at::kFloat), H);
+      std::printf("  g %5ld sym %d desc_act %d static %d bits %d seed %u: hessian_error GPTQ %.4g RTN %.4g (ratio %.3f), GPTQ loss %.4g\n",
+                  static_cast<long>(c.g), c.sym, c.desc_act, c.static_groups, c.bits, seed + d, e_gptq, e_rtn,
+                  e_gptq / e_rtn, st.error);
+      ratios.push_back(e_gptq / e_rtn);
+      EXPECT_EQ(st.retries, 0);
+      EXPECT_GT(st.error, 0);
+    }
+    std::sort(ratios.begin(), ratios.end());
+    EXPECT_LT(ratios[kDraws / 2], 1.0) << "median GPTQ/RTN error ratio over " << kDraws << " draws, g " << c.g
+                                       << " sym " << c.sym << " desc_act " << c.desc_act << " static "
+                                       << c.static_groups << " bits " << c.bits;
   }
 }
 

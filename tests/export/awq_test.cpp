@@ -9,10 +9,12 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -264,18 +266,33 @@ TEST(AwqClip, ClipsOnlyWhenItPays) {
   X.select(1, 23).mul_(20);
   const at::Tensor mv = awq_search_clip(W, X, s);
   ASSERT_EQ(mv.sizes(), (at::IntArrayRef{2, 2}));
-  EXPECT_LT(mv[0][0].item<float>(), 2.0f * 0.99f);
   EXPECT_GE(mv[0][0].item<float>(), 2.0f * 0.55f - 1e-6f);  // max_shrink 0.5: at most 9/20 off
   EXPECT_EQ(mv[1][1].item<float>(), 1.0f);
   const at::Tensor Wc = awq_apply_clip(W, mv, 16);
   EXPECT_FLOAT_EQ(Wc[0][3].item<float>(), mv[0][0].item<float>());
   EXPECT_TRUE(at::equal(Wc[1].narrow(0, 16, 16), W[1].narrow(0, 16, 16)));
-  // The clipped, quantized group 0 of row 0 has a smaller output error than the unclipped one.
+  // The output error of group 0 of row 0, quantized after clipping to w.
   auto err = [&](const at::Tensor& w) {
     const at::Tensor x = X.narrow(1, 0, 16), w0 = W[0].narrow(0, 0, 16).unsqueeze(0);
     return (at::linear(x, w0) - at::linear(x, awq_fake_quantize(w[0].narrow(0, 0, 16).unsqueeze(0), s))).pow(2).mean().item<double>();
   };
-  EXPECT_LT(err(Wc), err(W));
+  // Clipping the outlier pays on a typical draw (the clipped grids are up to 40% finer), not on every one:
+  // the 15 other weights can happen to sit near the unclipped grid's points, and then every clip the search
+  // may try (max·(1 - i/20), i = 1..9) has a larger error. Seed 1937767582 drew that (1 run in 3000,
+  // measured): the search rightly kept 2.0. So the draw decides, through the same candidates: a clip that
+  // is 1% better must be taken, and when none is within 1% the search must not clip; a near tie asserts
+  // neither (the 1% covers the search's batched sums against these).
+  const double unclipped = err(W);
+  double best_clip = std::numeric_limits<double>::infinity();
+  for (int i = 1; i < 10; ++i) best_clip = std::min(best_clip, err(at::clamp(W, -2.0 * (1 - i / 20.0), 2.0 * (1 - i / 20.0))));
+  std::printf("  row 0 group 0: error unclipped %.5g, best clip %.5g\n", unclipped, best_clip);
+  if (best_clip < 0.99 * unclipped) {
+    EXPECT_LT(mv[0][0].item<float>(), 2.0f * 0.99f);
+    EXPECT_LT(err(Wc), err(W)) << "the clipped, quantized group must have the smaller output error";
+  } else if (best_clip > 1.01 * unclipped) {
+    std::printf("  (this draw's weights fit the unclipped grid: no clip pays)\n");
+    EXPECT_EQ(mv[0][0].item<float>(), 2.0f);
+  }
   EXPECT_EQ(awq_clip_step(1024, 512), 2);
   EXPECT_EQ(awq_clip_step(100, 512), 1);
 }

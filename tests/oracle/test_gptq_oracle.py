@@ -246,14 +246,24 @@ def test_gptq_matches_reference_transcription(tmp_path, bits, group, sym, desc_a
     if sym:
         word = 0x77777777 if bits == 4 else 0x7F7F7F7F
         assert (ours["layer.qzeros"] == word).all()
-    # The dequantized layer is GPTQ's result; its layer-output error is not above RTN's. GPTQ is greedy:
-    # without act-order the reference transcription itself loses to RTN on about 1 random case in 60, by
-    # at most 0.35 % (61 seeds per case, measured 2026-11-30; CI failed on seed 1374402311, 4-bit g32
-    # asym: 41506.6 vs 41389.7 with codes equal to the reference's). The codes checked above are the
-    # strict test; this bound only catches a grossly wrong error measure. The real-model tests
-    # (tests/export) check that GPTQ beats RTN.
+    # The dequantized layer is GPTQ's result; its layer-output error is not above RTN's where GPTQ itself
+    # (the reference transcription) beats RTN on this draw. GPTQ is greedy and loses on some draws: on
+    # 1000 seeds per case (48x320, measured 2026-12-01) the transcription's error exceeded RTN's by more
+    # than 1% on ~0.3% of draws per case, by up to 17% (seed 850, 4-bit g32 asym) and 10% with act-order
+    # (seed 90, g256); the earlier fixed 1% bound (6f1b6d2, after CI's seed 1374402311) so failed about one
+    # run of this file in 100. On such a draw ours is held to the transcription's error instead (the
+    # codes above are equal, so the errors are; 1% for fp16 scales and the flips the code check allows).
+    # This bound only catches a grossly wrong error measure; the real-model tests (tests/export) check
+    # that GPTQ beats RTN.
+    def layer_error(Q):
+        D = (W - Q).double()
+        return (D @ H.double() * D).sum().item()
+    ref_gptq = layer_error(scales[g_idx.long()].t() * (codes.float() - zeros[g_idx.long()].t().float()))
+    ref_rtn = layer_error(rs[rg.long()].t() * (rc.float() - rz[rg.long()].t().float()))
+    print(f"reference transcription: GPTQ {ref_gptq:.6g} RTN {ref_rtn:.6g} (ratio {ref_gptq / ref_rtn:.4f})")
     stats = ours["gptq.stats"]
-    assert stats[3] < 1.01 * stats[4], f"seed {seed}: GPTQ {stats[3]} vs RTN {stats[4]}"
+    bound = stats[4].item() if ref_gptq < ref_rtn else ref_gptq
+    assert stats[3] < 1.01 * bound, f"seed {seed}: GPTQ {stats[3]} vs RTN {stats[4]} (reference GPTQ {ref_gptq:.6g})"
     d = W - deq
     err = (d.double() @ H.double() * d.double()).sum().item()
     assert abs(err - stats[3].item()) <= 0.02 * stats[3].item() + 1e-6  # fp16 scales vs fp32 in the tool

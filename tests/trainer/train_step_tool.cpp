@@ -1,10 +1,11 @@
 // Test tool for the training-parity oracle (tests/oracle/test_training_parity.py): runs qtrain's real
 // training step (trainer/step.h: the loop's own train_step, with the recipe's optimizer) on a given
 // model, adapter init and batch.
-//   train_step_tool MODEL_DIR ADAPTER_DIR BATCH.safetensors OUT_DIR --steps N --lr LR [--quantize]
+//   train_step_tool MODEL_DIR ADAPTER_DIR BATCH.safetensors OUT_DIR --steps N --lr LR [--quantize] [--times]
 // BATCH holds input_ids [B, T] and labels [B, T] (-100 = untrained; labels[t] is position t's token).
 // OUT_DIR receives losses.txt (one loss per step), grads.safetensors (step 1, PEFT names) and
 // adapter/ (the PEFT adapter after N steps).
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -21,17 +22,19 @@ int main(int argc, char** argv) {
   using namespace qtrain;
   namespace fs = std::filesystem;
   if (argc < 5) {
-    std::cerr << "usage: train_step_tool MODEL_DIR ADAPTER_DIR BATCH.safetensors OUT_DIR --steps N --lr LR [--quantize]\n";
+    std::cerr << "usage: train_step_tool MODEL_DIR ADAPTER_DIR BATCH.safetensors OUT_DIR --steps N --lr LR [--quantize] [--times]\n";
     return 2;
   }
   int steps = 1;
   double lr = 1e-3;
   bool quantize = false;
+  bool times = false;  // each step's wall time on stderr (the first step pays for fresh pages and first calls)
   for (int i = 5; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--steps") steps = std::stoi(argv[++i]);
     else if (a == "--lr") lr = std::stod(argv[++i]);
     else if (a == "--quantize") quantize = true;
+    else if (a == "--times") times = true;
   }
   try {
     LoadOptions lo;
@@ -65,7 +68,12 @@ int main(int argc, char** argv) {
       StepSettings ss;
       ss.update = s;
       ss.lr = lr;
+      const auto t0 = std::chrono::steady_clock::now();
       const StepResult r = train_step(m, *opt, {batch}, ss, ctx);
+      if (times) {
+        std::cerr << "step " << s << ": "
+                  << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() << " ms\n";
+      }
       if (!r.finite) throw std::runtime_error("step " + std::to_string(s) + ": loss or gradient not finite");
       losses << r.loss << "\n";
       if (s == 1) {  // the gradients stay in .grad after the step

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "ops/rotary.h"
+
 namespace qtrain {
 
 at::Tensor rope_inv_freq(const RopeConfig& rope, int64_t head_dim) {
@@ -40,12 +42,6 @@ RopeTables rope_tables(const at::Tensor& inv_freq, const at::Tensor& positions, 
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& t) {
-  const int64_t half = x.size(-1) / 2;
-  at::Tensor x1 = x.narrow(-1, 0, half);
-  at::Tensor x2 = x.narrow(-1, half, half);
-  at::Tensor rotated = at::cat({-x2, x1}, -1);
-  return x * t.cos.unsqueeze(1) + rotated * t.sin.unsqueeze(1);
-}
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& t) { return ops::rotary(x, t.cos, t.sin); }
 
 }  // namespace qtrain

@@ -20,7 +20,7 @@ struct RopeTables {
 // positions [batch, seq] int64 → cos/sin tables (computed in float32, then cast to `dtype`).
 RopeTables rope_tables(const at::Tensor& inv_freq, const at::Tensor& positions, at::ScalarType dtype);
 
-// x [batch, heads, seq, head_dim] → x·cos + rotate_half(x)·sin
+// x [batch, heads, seq, head_dim] → x·cos + rotate_half(x)·sin (ops/rotary.h: one fused pass on the CPU)
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& t);
 
 }  // namespace qtrain

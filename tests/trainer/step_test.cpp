@@ -10,6 +10,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cstdlib>
 #include <random>
 
 #include "ops/adamw.h"
@@ -122,7 +123,7 @@ TEST(FusedLoss, ChunkedLmHeadCrossEntropyEqualsUnfusedAutograd) {
 
   // Unfused reference in fp64: logits of every row at once, cross_entropy through autograd.
   at::Tensor ref_sum, ref_grad;
-  int64_t ref_correct = 0, ref_tokens = 0;
+  int64_t ref_correct = 0, ref_tokens = 0, near_ties = 0;
   {
     LlamaModel& mm = m;
     at::Tensor h64 = hidden0.to(at::kDouble).requires_grad_(true);
@@ -138,6 +139,12 @@ TEST(FusedLoss, ChunkedLmHeadCrossEntropyEqualsUnfusedAutograd) {
     (ref_sum * scale).backward();
     ref_grad = h64.grad();
     ref_correct = (logits.argmax(-1) == t).sum().item<int64_t>();
+    // A target whose two largest fp64 logits lie within 1e-4 of the largest |logit| (~300x the fp32
+    // error: 2-3e-7 relative on d loss / d hidden here) may rank either way in fp32. Measured on 100 seeds: the smallest top-2 gap of
+    // a draw is below 6e-4 of max |logit| in ~12%, 3.1e-5 in the worst: a gap under the fp32 error, a flip of
+    // the exact count, is then ~190 × 4e-7 ≈ 1e-4 per run (estimated, not seen). Every other target counts exactly.
+    const at::Tensor top2 = std::get<0>(at::topk(logits, 2, -1));
+    near_ties = ((top2.select(1, 0) - top2.select(1, 1)) < 1e-4 * logits.abs().max()).sum().item<int64_t>();
     ref_tokens = keep.numel();
   }
   ASSERT_GE(ref_tokens, 15);  // 20 with this batch: the chunks of 7 and 13 leave partial last chunks
@@ -146,7 +153,7 @@ TEST(FusedLoss, ChunkedLmHeadCrossEntropyEqualsUnfusedAutograd) {
     at::Tensor h = hidden0.clone().requires_grad_(true);
     const LossSum fused = causal_lm_loss_backward(m, h, b.labels, scale, chunk);
     EXPECT_EQ(fused.tokens, ref_tokens);
-    EXPECT_EQ(fused.correct.item<int64_t>(), ref_correct);
+    EXPECT_LE(std::abs(fused.correct.item<int64_t>() - ref_correct), near_ties) << near_ties << " near ties";
     EXPECT_NEAR(fused.sum.item<double>(), ref_sum.item<double>(), 1e-5 * ref_sum.item<double>());
     ASSERT_TRUE(h.grad().defined());
     const double err = (h.grad().to(at::kDouble) - ref_grad).abs().max().item<double>();

@@ -380,7 +380,8 @@ class Exporter {
     }
     const LlamaModel& ref = *merged;
     auto measure = [&](const std::string& name, const LlamaModel& m, std::optional<uint64_t> bytes) {
-      ModelQuality q{name};
+      ModelQuality q;
+      q.name = name;
       if (windows) {
         ProgressLine line(job_.console, "report: evaluating " + name, windows->size(), "windows");
         q.text = window_nll(m, *windows, 1, &ref, show_window_progress(line));

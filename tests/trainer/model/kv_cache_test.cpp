@@ -157,7 +157,9 @@ TEST(KvCache, CachedMaskIsTheFullMaskRows) {
         if (!m.defined()) {
           // Plain causal over the block (empty cache), or one query that sees every key.
           EXPECT_TRUE(cached == 0 || (fresh == 1 && rows.all().item<bool>()));
-          if (cached == 0) EXPECT_TRUE(at::equal(rows, at::ones({fresh, fresh}, at::kBool).tril().view({1, 1, fresh, fresh})));
+          if (cached == 0) {
+            EXPECT_TRUE(at::equal(rows, at::ones({fresh, fresh}, at::kBool).tril().view({1, 1, fresh, fresh})));
+          }
           continue;
         }
         ASSERT_EQ(m.sizes(), at::IntArrayRef({1, 1, fresh, total}));

@@ -12,7 +12,6 @@
 #include "trainer/model/linear_modules.h"
 #include "trainer/model/random_init.h"
 #include "trainer/model/recompute.h"
-#include "ops/rms_norm.h"
 #include "trainer/model/rope.h"
 
 namespace qtrain {
@@ -130,8 +129,11 @@ std::map<std::string, at::Tensor> LlamaModel::state_tensors() const {
 }
 
 at::Tensor LlamaModel::rms_norm(const at::Tensor& x, const at::Tensor& weight) const {
-  // transformers' LlamaRMSNorm (ops/rms_norm.h: one fused pass each way on the CPU).
-  return ops::rms_norm(x, weight, config_.rms_norm_eps);
+  // transformers' LlamaRMSNorm: normalise in float32, cast back, then scale in the weight dtype.
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  xf = xf * at::rsqrt(var + config_.rms_norm_eps);
+  return weight * xf.to(x.scalar_type());
 }
 
 at::Tensor LlamaModel::attention(const DecoderLayer& l, const at::Tensor& x, const AttentionLayout& attn,

@@ -21,10 +21,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
+// No FP contraction: the whole ops library compiles with -ffp-contract=off (ops/CMakeLists.txt).
+#if defined(__GNUC__) && !defined(__clang__)
 // 64-byte vectors in always-inlined helpers: the ABI note about passing them by value does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
